@@ -1,0 +1,522 @@
+package runtime
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/moby/sys/signal"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// runcRuntime is the containerd shim every daemonlet container runs under.
+const runcRuntime = "io.containerd.runc.v2"
+
+// Labels that carry what Stop needs after an agent restart, when the pod
+// spec is no longer at hand.
+const (
+	labelPreStop    = "io.daemonlet.container.prestop"
+	labelStopSignal = "io.daemonlet.container.stop-signal"
+	labelLogPath    = "io.daemonlet.container.log-path"
+	labelStartedAt  = "io.daemonlet.container.started-at"
+	labelCgroupPath = "io.daemonlet.container.cgroup"
+)
+
+// minimumGracePeriod is kubelet's floor for the time a container gets after
+// its preStop hook (minimumGracePeriodInSeconds).
+const minimumGracePeriod = 2 * time.Second
+
+// Runtime runs pods on one containerd, in one namespace.
+type Runtime struct {
+	cfg       Config
+	client    *client.Client
+	sandboxes *sandboxes
+	log       *slog.Logger
+}
+
+// New connects to containerd and prepares the pod state directories.
+func New(ctx context.Context, cfg Config) (*Runtime, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = "daemonlet"
+	}
+	if cfg.RootDir == "" || cfg.PodLogDir == "" || cfg.ContainerLogDir == "" {
+		return nil, fmt.Errorf("runtime: RootDir, PodLogDir and ContainerLogDir are required: %w", errdefs.ErrInvalidArgument)
+	}
+	if !filepath.IsAbs(cfg.LogDriver) {
+		return nil, fmt.Errorf("runtime: log driver %q must be an absolute path: %w", cfg.LogDriver, errdefs.ErrInvalidArgument)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	addr := strings.TrimPrefix(cfg.Address, "unix://")
+	c, err := client.New(addr, client.WithDefaultNamespace(cfg.Namespace), client.WithTimeout(10*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w: %w", addr, errdefs.ErrUnavailable, err)
+	}
+	for _, d := range []string{cfg.RootDir, cfg.PodLogDir, cfg.ContainerLogDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	sb, err := newSandboxes(filepath.Join(cfg.RootDir, "pods"), cfg.HostIP, cfg.CNI, cfg.Logger)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &Runtime{cfg: cfg, client: c, sandboxes: sb, log: cfg.Logger}, nil
+}
+
+// Close releases the connection to containerd; containers keep running.
+func (r *Runtime) Close() error { return r.client.Close() }
+
+func (r *Runtime) ctx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
+}
+
+// RunSandbox creates the pod's sandbox, or returns the one it already has.
+func (r *Runtime) RunSandbox(ctx context.Context, pod *Pod) (*Sandbox, error) {
+	return r.sandboxes.ensure(ctx, pod)
+}
+
+// RemoveSandbox tears down the pod's sandbox and its log directory.
+// Removing a sandbox that does not exist succeeds.
+func (r *Runtime) RemoveSandbox(ctx context.Context, podUID string) error {
+	if err := r.sandboxes.remove(ctx, podUID); err != nil {
+		return err
+	}
+	dirs, err := filepath.Glob(filepath.Join(r.cfg.PodLogDir, "*_"+podUID))
+	if err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ListSandboxes returns the UIDs of the pods that have a sandbox.
+func (r *Runtime) ListSandboxes(ctx context.Context) ([]string, error) {
+	return r.sandboxes.list()
+}
+
+// ContainerID is the deterministic containerd ID of one attempt of one
+// container, so that a create retried after a crash finds what it made.
+func ContainerID(podUID, container string, attempt int) string {
+	sum := sha256.Sum256([]byte(podUID + "/" + container))
+	id := fmt.Sprintf("%s-%s-%d", hex.EncodeToString(sum[:6]), container, attempt)
+	// containerd IDs are at most 76 characters; names are DNS labels (63).
+	if len(id) > 76 {
+		id = fmt.Sprintf("%s-%d", hex.EncodeToString(sum[:16]), attempt)
+	}
+	return id
+}
+
+// PodLogDir is the pod's log directory, as kubelet names it.
+func (r *Runtime) PodLogDir(pod *Pod) string {
+	return filepath.Join(r.cfg.PodLogDir, pod.Namespace+"_"+pod.Name+"_"+pod.UID)
+}
+
+// CreateContainer creates (without starting) one attempt of a container of
+// the pod. The image must be present (see EnsureImage).
+func (r *Runtime) CreateContainer(ctx context.Context, pod *Pod, sb *Sandbox, c *corev1.Container, attempt int, init bool) (string, error) {
+	ctx = r.ctx(ctx)
+	id := ContainerID(pod.UID, c.Name, attempt)
+	img, err := r.client.GetImage(ctx, normalizeRef(c.Image))
+	if err != nil {
+		return "", fmt.Errorf("container %s: image %s: %w", c.Name, c.Image, err)
+	}
+	imgSpec, err := img.Spec(ctx)
+	if err != nil {
+		return "", fmt.Errorf("container %s: image %s config: %w", c.Name, c.Image, err)
+	}
+	opts, err := SpecOpts(SpecInput{
+		Pod: pod, Sandbox: sb, Container: c, Init: init, Image: imgSpec.Config, ID: id,
+		SeccompDir: filepath.Join(r.cfg.RootDir, "seccomp"),
+	})
+	if err != nil {
+		return "", fmt.Errorf("container %s: %w", c.Name, err)
+	}
+
+	logPath := filepath.Join(r.PodLogDir(pod), c.Name, strconv.Itoa(attempt)+".log")
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return "", err
+	}
+	labels := map[string]string{
+		LabelPodName:       pod.Name,
+		LabelPodNamespace:  pod.Namespace,
+		LabelPodUID:        pod.UID,
+		LabelPodRevision:   pod.Revision,
+		LabelContainerName: c.Name,
+		LabelAttempt:       strconv.Itoa(attempt),
+		LabelInit:          strconv.FormatBool(init),
+		LabelSpecHash:      ContainerSpecHash(c),
+		labelLogPath:       logPath,
+		labelStopSignal:    imgSpec.Config.StopSignal,
+	}
+	if h := c.Lifecycle; h != nil && h.PreStop != nil {
+		b, err := json.Marshal(h.PreStop)
+		if err != nil {
+			return "", err
+		}
+		labels[labelPreStop] = string(b)
+	}
+	cont, err := r.client.NewContainer(ctx, id,
+		client.WithImage(img),
+		client.WithNewSnapshot(id, img),
+		client.WithNewSpec(opts...),
+		client.WithRuntime(runcRuntime, nil),
+		client.WithContainerLabels(labels),
+	)
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			return id, fmt.Errorf("container %s: %w", id, err)
+		}
+		// A failed create may have left the snapshot behind.
+		_ = r.client.SnapshotService("").Remove(ctx, id)
+		return "", fmt.Errorf("container %s: create: %w", c.Name, err)
+	}
+	spec, err := cont.Spec(ctx)
+	if err == nil && spec.Linux != nil {
+		_, _ = cont.SetLabels(ctx, map[string]string{labelCgroupPath: spec.Linux.CgroupsPath})
+	}
+	return id, nil
+}
+
+// StartContainer starts a created container; its output goes to its log
+// file through the log driver, which the shim runs, so logging outlives the
+// agent.
+func (r *Runtime) StartContainer(ctx context.Context, id string) error {
+	ctx = r.ctx(ctx)
+	cont, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	labels, err := cont.Labels(ctx)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	logPath := labels[labelLogPath]
+	task, err := cont.NewTask(ctx, cio.BinaryIO(r.cfg.LogDriver, map[string]string{logDriverArg: logPath}))
+	if err != nil {
+		return fmt.Errorf("container %s: create task: %w", id, err)
+	}
+	if err := task.Start(ctx); err != nil {
+		_, _ = task.Delete(ctx, client.WithProcessKill)
+		return fmt.Errorf("container %s: start: %w", id, err)
+	}
+	if _, err := cont.SetLabels(ctx, map[string]string{labelStartedAt: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	r.linkLog(labels, id, logPath)
+	return nil
+}
+
+// linkLog makes the /var/log/containers symlink log shippers look for.
+func (r *Runtime) linkLog(labels map[string]string, id, logPath string) {
+	link := r.containerLogLink(labels, id)
+	_ = os.Remove(link)
+	if err := os.Symlink(logPath, link); err != nil {
+		r.log.Warn("cannot link container log", "link", link, "err", err)
+	}
+}
+
+func (r *Runtime) containerLogLink(labels map[string]string, id string) string {
+	return filepath.Join(r.cfg.ContainerLogDir, fmt.Sprintf("%s_%s_%s-%s.log",
+		labels[LabelPodName], labels[LabelPodNamespace], labels[LabelContainerName], id))
+}
+
+// WaitExit returns a channel closed when the container's task exits.
+func (r *Runtime) WaitExit(ctx context.Context, id string) (<-chan struct{}, error) {
+	ctx = r.ctx(ctx)
+	cont, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	task, err := cont.Task(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	st, err := task.Wait(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: wait: %w", id, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-st:
+		case <-ctx.Done():
+		}
+	}()
+	return done, nil
+}
+
+// StopContainer stops a container as kubelet does: the preStop exec hook
+// within the grace period, then the image's stop signal (SIGTERM by
+// default), then SIGKILL once the rest of the grace period, at least 2s,
+// has passed. Stopping a stopped or missing container succeeds.
+func (r *Runtime) StopContainer(ctx context.Context, id string, grace time.Duration) error {
+	ctx = r.ctx(ctx)
+	cont, err := r.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	task, err := cont.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	if st.Status == client.Stopped {
+		return nil
+	}
+	labels, err := cont.Labels(ctx)
+	if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	exited, err := task.Wait(ctx)
+	if err != nil {
+		return fmt.Errorf("container %s: wait: %w", id, err)
+	}
+	start := time.Now()
+	if hook := labels[labelPreStop]; hook != "" && grace > 0 {
+		r.runPreStop(ctx, id, hook, exited, grace)
+	}
+	remaining := grace - time.Since(start)
+	if remaining < minimumGracePeriod {
+		remaining = minimumGracePeriod
+	}
+	sig := syscall.SIGTERM
+	if s := labels[labelStopSignal]; s != "" {
+		if parsed, err := signal.ParseSignal(s); err == nil {
+			sig = parsed
+		}
+	}
+	if err := task.Kill(ctx, sig); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: signal %v: %w", id, sig, err)
+	}
+	timer := time.NewTimer(remaining)
+	defer timer.Stop()
+	select {
+	case <-exited:
+		return nil
+	case <-timer.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL, client.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: SIGKILL: %w", id, err)
+	}
+	select {
+	case <-exited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// runPreStop runs the preStop hook, abandoning it when the grace period
+// ends or the container exits first.
+func (r *Runtime) runPreStop(ctx context.Context, id, hook string, exited <-chan client.ExitStatus, grace time.Duration) {
+	var h corev1.LifecycleHandler
+	if err := json.Unmarshal([]byte(hook), &h); err != nil {
+		r.log.Warn("bad preStop hook label", "container", id, "err", err)
+		return
+	}
+	hctx, cancel := context.WithTimeout(ctx, grace)
+	defer cancel()
+	switch {
+	case h.Exec != nil:
+		code, out, err := r.Exec(hctx, id, h.Exec.Command)
+		if err != nil || code != 0 {
+			r.log.Warn("preStop hook failed", "container", id, "exitCode", code, "output", string(out), "err", err)
+		}
+	case h.Sleep != nil:
+		select {
+		case <-time.After(time.Duration(h.Sleep.Seconds) * time.Second):
+		case <-exited:
+		case <-hctx.Done():
+		}
+	}
+}
+
+// RemoveContainer deletes a container, its task (killed if running), its
+// snapshot and its log link. Removing a missing container succeeds.
+func (r *Runtime) RemoveContainer(ctx context.Context, id string) error {
+	ctx = r.ctx(ctx)
+	cont, err := r.client.LoadContainer(ctx, id)
+	if errdefs.IsNotFound(err) {
+		return r.removeSnapshot(ctx, id)
+	} else if err != nil {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	labels, err := cont.Labels(ctx)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	if task, err := cont.Task(ctx, nil); err == nil {
+		if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("container %s: delete task: %w", id, err)
+		}
+	} else if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	if err := cont.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: delete: %w", id, err)
+	}
+	if labels != nil {
+		if err := os.Remove(r.containerLogLink(labels, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Runtime) removeSnapshot(ctx context.Context, id string) error {
+	err := r.client.SnapshotService("").Remove(ctx, id)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
+// ContainerStatus returns one container with its current state.
+func (r *Runtime) ContainerStatus(ctx context.Context, id string) (Container, error) {
+	ctx = r.ctx(ctx)
+	cont, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		return Container{}, fmt.Errorf("container %s: %w", id, err)
+	}
+	return r.status(ctx, cont)
+}
+
+// ListContainers returns every container daemonlet made in its namespace,
+// with its state.
+func (r *Runtime) ListContainers(ctx context.Context) ([]Container, error) {
+	ctx = r.ctx(ctx)
+	conts, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelPodUID))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]Container, 0, len(conts))
+	for _, c := range conts {
+		st, err := r.status(ctx, c)
+		if errdefs.IsNotFound(err) {
+			continue // removed while listing
+		} else if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func (r *Runtime) status(ctx context.Context, cont client.Container) (Container, error) {
+	info, err := cont.Info(ctx, client.WithoutRefreshedMetadata)
+	if err != nil {
+		return Container{}, fmt.Errorf("container %s: %w", cont.ID(), err)
+	}
+	l := info.Labels
+	attempt, _ := strconv.Atoi(l[LabelAttempt])
+	c := Container{
+		ID: cont.ID(), PodUID: l[LabelPodUID], PodName: l[LabelPodName], Namespace: l[LabelPodNamespace],
+		Name: l[LabelContainerName], Revision: l[LabelPodRevision], Attempt: attempt,
+		Init: l[LabelInit] == "true", SpecHash: l[LabelSpecHash], Labels: l,
+		CreatedAt: info.CreatedAt, State: StateCreated,
+	}
+	c.StartedAt, _ = time.Parse(time.RFC3339Nano, l[labelStartedAt])
+	task, err := cont.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		if !c.StartedAt.IsZero() {
+			// Started once, but its task is gone: containerd lost it
+			// (a reboot). Kubelet reports such a container this way.
+			c.State, c.ExitCode, c.Reason = StateExited, 137, "ContainerStatusUnknown"
+		}
+		return c, nil
+	} else if err != nil {
+		return Container{}, fmt.Errorf("container %s: task: %w", cont.ID(), err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return Container{}, fmt.Errorf("container %s: task status: %w", cont.ID(), err)
+	}
+	c.PID = task.Pid()
+	switch st.Status {
+	case client.Running, client.Paused, client.Pausing:
+		c.State = StateRunning
+	case client.Created:
+		c.State = StateCreated
+	case client.Stopped:
+		c.State, c.ExitCode, c.FinishedAt = StateExited, int32(st.ExitStatus), st.ExitTime
+		c.Reason = r.exitReason(ctx, cont, l, c.ExitCode)
+	default:
+		c.State = StateUnknown
+	}
+	return c, nil
+}
+
+// exitReason gives kubelet's reason for an exited container. An OOM kill
+// is read from the container's cgroup while its task still holds it, and
+// recorded in a label so that it survives the task.
+func (r *Runtime) exitReason(ctx context.Context, cont client.Container, l map[string]string, code int32) string {
+	if l[LabelOOMKilled] == "true" {
+		return "OOMKilled"
+	}
+	if code != 0 && oomKilled(l[labelCgroupPath]) {
+		_, _ = cont.SetLabels(ctx, map[string]string{LabelOOMKilled: "true"})
+		return "OOMKilled"
+	}
+	if code == 0 {
+		return "Completed"
+	}
+	return "Error"
+}
+
+// oomKilled reports whether the kernel's OOM killer acted in the cgroup, on
+// cgroup v2 (memory.events) or v1 (memory.oom_control).
+func oomKilled(cgroupPath string) bool {
+	if cgroupPath == "" {
+		return false
+	}
+	candidates := []struct{ file, key string }{
+		{filepath.Join("/sys/fs/cgroup", cgroupPath, "memory.events"), "oom_kill"},
+		{filepath.Join("/sys/fs/cgroup/memory", cgroupPath, "memory.oom_control"), "oom_kill"},
+	}
+	for _, c := range candidates {
+		b, err := os.ReadFile(c.file)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && f[0] == c.key {
+				n, _ := strconv.Atoi(f[1])
+				return n > 0
+			}
+		}
+	}
+	return false
+}
