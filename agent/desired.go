@@ -1,0 +1,219 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/daemonlet/daemonlet/api"
+	"github.com/daemonlet/daemonlet/runtime"
+	"github.com/daemonlet/daemonlet/store"
+)
+
+// SourceUpdate is the full desired set of one source. An update with Err
+// set says the source could not be read: the previous set of that source
+// stays in force, so a bad read never removes pods.
+type SourceUpdate struct {
+	Source     string
+	DaemonSets []*appsv1.DaemonSet
+	Err        error
+}
+
+// DesiredPod is one DaemonSet that a source wants on the node, with the
+// template revision this node should run.
+type DesiredPod struct {
+	Namespace string
+	Name      string
+	Source    string
+	// DaemonSet is the defaulted object as the source delivered it.
+	DaemonSet *appsv1.DaemonSet
+	// Revision is the template hash (the controller-revision-hash label).
+	Revision string
+}
+
+// Key is the DaemonSet's namespace/name.
+func (d DesiredPod) Key() string { return d.Namespace + "/" + d.Name }
+
+// newDesiredPod checks and wraps one DaemonSet of a source.
+func newDesiredPod(source string, ds *appsv1.DaemonSet) (DesiredPod, error) {
+	if ds == nil || ds.Name == "" {
+		return DesiredPod{}, fmt.Errorf("source %s: DaemonSet without metadata.name: %w", source, errdefs.ErrInvalidArgument)
+	}
+	ns := ds.Namespace
+	if ns == "" {
+		ns = metav1.NamespaceDefault
+	}
+	return DesiredPod{
+		Namespace: ns,
+		Name:      ds.Name,
+		Source:    source,
+		DaemonSet: ds,
+		Revision:  api.TemplateHash(&ds.Spec.Template, ds.Status.CollisionCount),
+	}, nil
+}
+
+// desiredRecords turns a source's set into store records.
+func desiredRecords(pods []DesiredPod, now time.Time) ([]store.DesiredRecord, error) {
+	recs := make([]store.DesiredRecord, 0, len(pods))
+	for _, d := range pods {
+		b, err := json.Marshal(d.DaemonSet)
+		if err != nil {
+			return nil, fmt.Errorf("encode DaemonSet %s: %w", d.Key(), err)
+		}
+		recs = append(recs, store.DesiredRecord{Source: d.Source, Key: d.Key(), Revision: d.Revision, Object: b, UpdatedAt: now})
+	}
+	return recs, nil
+}
+
+// desiredFromRecord decodes one persisted DaemonSet.
+func desiredFromRecord(rec store.DesiredRecord) (DesiredPod, error) {
+	var ds appsv1.DaemonSet
+	if err := json.Unmarshal(rec.Object, &ds); err != nil {
+		return DesiredPod{}, fmt.Errorf("stored DaemonSet %s of source %s: %w: %w", rec.Key, rec.Source, errdefs.ErrInvalidArgument, err)
+	}
+	return newDesiredPod(rec.Source, &ds)
+}
+
+// sourceConflict is a DaemonSet name that two sources define.
+type sourceConflict struct {
+	Key    string // namespace/name
+	Winner string // the source registered first, whose DaemonSet is used
+	Loser  string // the source whose DaemonSet is ignored
+}
+
+func (c sourceConflict) String() string {
+	return fmt.Sprintf("DaemonSet %s from source %q ignored: source %q already defines it", c.Key, c.Loser, c.Winner)
+}
+
+// mergeSources merges the sets of the sources by namespace/name. When two
+// sources deliver the same name, the source registered first wins, so the
+// outcome never depends on timing; every such clash is returned as a
+// conflict. Within one source, the first occurrence wins. The result is
+// sorted by key.
+func mergeSources(order []string, sets map[string][]DesiredPod) (merged []DesiredPod, conflicts []sourceConflict) {
+	owner := map[string]DesiredPod{}
+	for _, src := range order {
+		for _, d := range sets[src] {
+			if first, ok := owner[d.Key()]; ok {
+				conflicts = append(conflicts, sourceConflict{Key: d.Key(), Winner: first.Source, Loser: src})
+				continue
+			}
+			owner[d.Key()] = d
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(owner)) {
+		merged = append(merged, owner[k])
+	}
+	return merged, conflicts
+}
+
+// podName is the daemon pod's name on this node. It is deterministic, like
+// a static pod's, so that a restarted agent finds its pods again.
+func podName(dsName, node string) string {
+	return dsName + "-" + strings.ToLower(node)
+}
+
+// podUID is the daemon pod's UID: a hash of the DaemonSet's identity, the
+// node and the revision. It survives agent restarts, and a new revision
+// gives a new pod, as the DaemonSet controller creates a new pod on update.
+// A DaemonSet deleted and re-created with the same template keeps its pods.
+func podUID(namespace, dsName, node, revision string) string {
+	sum := sha256.Sum256([]byte(strings.Join([]string{namespace, dsName, node, revision}, "\x00")))
+	h := hex.EncodeToString(sum[:16])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// buildPod makes the runtime's pod from a DaemonSet, as the controller's
+// pod template does: the template's labels plus controller-revision-hash,
+// the daemon tolerations, and the node name.
+func buildPod(d DesiredPod, node string) *runtime.Pod {
+	tmpl := &d.DaemonSet.Spec.Template
+	spec := tmpl.Spec.DeepCopy()
+	api.AddDaemonPodTolerations(spec)
+	spec.NodeName = node
+	labels := maps.Clone(tmpl.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[api.LabelControllerRevisionHash] = d.Revision
+	return &runtime.Pod{
+		UID:         podUID(d.Namespace, d.Name, node, d.Revision),
+		Name:        podName(d.Name, node),
+		Namespace:   d.Namespace,
+		NodeName:    node,
+		Revision:    d.Revision,
+		Labels:      labels,
+		Annotations: maps.Clone(tmpl.Annotations),
+		Spec:        spec,
+	}
+}
+
+// decision is what the node's eligibility means for one DaemonSet.
+type decision int
+
+const (
+	// decideRun: the pod belongs here; start it if it is missing.
+	decideRun decision = iota
+	// decideKeep: an existing pod may keep running, but none is started
+	// (an untolerated NoSchedule taint appeared after the pod started).
+	decideKeep
+	// decideStop: the pod must go.
+	decideStop
+)
+
+func (d decision) String() string {
+	switch d {
+	case decideRun:
+		return "run"
+	case decideKeep:
+		return "keep"
+	}
+	return "stop"
+}
+
+// decide applies the DaemonSet controller's three-way eligibility and the
+// taint-eviction controller's tolerationSeconds to one DaemonSet. The
+// eviction delay counts from noExecuteSince, when the agent last saw the
+// node's NoExecute taints change. It returns the instant at which the
+// answer changes by itself (zero if never) and why the pod must go.
+func decide(node *corev1.Node, ds *appsv1.DaemonSet, tolerations []corev1.Toleration, noExecuteSince, now time.Time) (d decision, wakeAt time.Time, why string) {
+	shouldRun, shouldContinue := api.NodeShouldRunDaemonPod(node, ds)
+	if !shouldRun && !shouldContinue {
+		return decideStop, time.Time{}, "node no longer eligible"
+	}
+	if evict, after, forever := api.NoExecuteEvictionDelay(node.Spec.Taints, tolerations); evict && !forever {
+		deadline := noExecuteSince.Add(after)
+		if !now.Before(deadline) {
+			return decideStop, time.Time{}, fmt.Sprintf("evicted: NoExecute taint tolerated for %v", after)
+		}
+		wakeAt = deadline
+	}
+	if shouldRun {
+		return decideRun, wakeAt, ""
+	}
+	return decideKeep, wakeAt, ""
+}
+
+// noExecuteTaints is a canonical form of the node's NoExecute taints, so
+// that the agent can tell when they change.
+func noExecuteTaints(node *corev1.Node) string {
+	var out []string
+	for _, t := range node.Spec.Taints {
+		if t.Effect == corev1.TaintEffectNoExecute {
+			out = append(out, t.Key+"="+t.Value)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}

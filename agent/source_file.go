@@ -1,0 +1,383 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+	appsv1 "k8s.io/api/apps/v1"
+)
+
+// fileDebounce lets an editor's burst of writes (truncate, write, rename)
+// settle into one read.
+const fileDebounce = 100 * time.Millisecond
+
+// FileSourceConfig configures a FileSource.
+type FileSourceConfig struct {
+	// Path is --pod-manifest-path: a directory of manifests or one file.
+	Path string
+	// CheckFrequency is the poll period; zero means DefaultCheckFrequency.
+	CheckFrequency time.Duration
+	// Logger receives read errors; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// FileSource reads DaemonSet and static Pod manifests from a directory (or
+// one file), as kubelet's static pod path: files whose names start with '.'
+// are skipped, subdirectories are not entered, files are read in name order.
+// It reads at start, on inotify events, and every CheckFrequency as the
+// fallback for missed events. A rejected file keeps the objects of its last
+// good content; a removed file takes its objects with it.
+type FileSource struct {
+	path   string
+	period time.Duration
+	log    *slog.Logger
+
+	mu      sync.Mutex            // guards the fields below
+	files   map[string]*fileEntry // by path, the files of the last scan
+	report  SourceReport
+	sent    bool   // a set was sent since Run started
+	listErr string // text of the list error last sent, empty after a good list
+}
+
+// fileEntry is what the source remembers of one manifest file.
+type fileEntry struct {
+	sum     [sha256.Size]byte // of the content last read
+	good    []*appsv1.DaemonSet
+	err     error   // why the content last read was rejected
+	skipped []error // its documents of a kind not yet supported
+}
+
+var _ Source = (*FileSource)(nil)
+
+// NewFileSource returns a file source; Run starts it.
+func NewFileSource(cfg FileSourceConfig) *FileSource {
+	s := &FileSource{
+		path:   cfg.Path,
+		period: cfg.CheckFrequency,
+		log:    cfg.Logger,
+		files:  map[string]*fileEntry{},
+	}
+	if s.period <= 0 {
+		s.period = DefaultCheckFrequency
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.log = s.log.With("source", SourceFile)
+	s.report = SourceReport{Name: SourceFile, Location: cfg.Path}
+	return s
+}
+
+// Name returns SourceFile.
+func (s *FileSource) Name() string { return SourceFile }
+
+// Report returns the last scan's outcome.
+func (s *FileSource) Report() SourceReport {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.report
+	r.FileErrors = slices.Clone(r.FileErrors)
+	return r
+}
+
+// Run scans at once, then on every watch event and poll tick, sending the
+// full set whenever a file was added, changed or removed.
+func (s *FileSource) Run(ctx context.Context, updates chan<- SourceUpdate) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	events := make(chan struct{}, 1)
+	wg.Go(func() { s.watch(ctx, events) })
+	ticker := time.NewTicker(s.period)
+	defer ticker.Stop()
+	for {
+		if u, changed := s.scan(); changed && !sendUpdate(ctx, updates, u) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		case <-events:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(fileDebounce):
+			}
+		}
+	}
+}
+
+// scan reads the manifests and returns the full set, and whether it differs
+// from the last one sent.
+func (s *FileSource) scan() (SourceUpdate, bool) {
+	now := time.Now()
+	paths, listErr := s.list()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.report.LastAttempt = now
+	if listErr != nil {
+		// The set cannot be known: report it once, and leave the files'
+		// state alone so that nothing is forgotten.
+		s.report.Error = listErr.Error()
+		if listErr.Error() == s.listErr {
+			return SourceUpdate{}, false
+		}
+		s.listErr = listErr.Error()
+		s.log.Error("cannot list manifests; keeping the previous set", "path", s.path, "err", listErr)
+		return SourceUpdate{Source: SourceFile, Err: listErr}, true
+	}
+	// After a list error the set is sent again, to clear the agent's error.
+	changed := !s.sent || s.listErr != ""
+	s.listErr = ""
+	present := map[string]bool{}
+	for _, p := range paths {
+		present[p] = true
+		data, err := os.ReadFile(p)
+		if err != nil {
+			// Vanished between listing and reading: gone, as if removed.
+			if errors.Is(err, fs.ErrNotExist) {
+				delete(present, p)
+				continue
+			}
+			s.reject(p, err)
+			continue
+		}
+		sum := sha256.Sum256(data)
+		e, ok := s.files[p]
+		if ok && e.sum == sum {
+			continue
+		}
+		changed = true
+		if !ok {
+			e = &fileEntry{}
+			s.files[p] = e
+		}
+		e.sum = sum
+		if len(bytes.TrimSpace(data)) == 0 {
+			// A file being rewritten is often empty for a moment: keep
+			// its objects rather than restart them; removing the file
+			// is how to remove them.
+			e.err, e.skipped = nil, nil
+			if len(e.good) > 0 {
+				e.err = fmt.Errorf("%s: empty file; its %d previous objects are kept until it has content or is removed: %w", p, len(e.good), errdefs.ErrInvalidArgument)
+			}
+			continue
+		}
+		dss, skipped, err := decodeManifest(p, data)
+		e.skipped = skipped
+		for _, sk := range skipped {
+			s.log.Warn("manifest document skipped", "file", p, "err", sk)
+		}
+		if err != nil {
+			e.err = err
+			s.log.Error("manifest rejected; keeping its previous objects", "file", p, "kept", len(e.good), "err", err)
+			continue
+		}
+		e.good, e.err = dss, nil
+	}
+	for p := range s.files {
+		if !present[p] {
+			delete(s.files, p)
+			changed = true
+			s.log.Info("manifest removed", "file", p)
+		}
+	}
+
+	s.report.Error = ""
+	s.report.LastSync = now
+
+	var set []*appsv1.DaemonSet
+	var fileErrs []FileError
+	owner := map[string]string{}
+	for _, p := range slices.Sorted(maps.Keys(s.files)) {
+		e := s.files[p]
+		if e.err != nil {
+			fileErrs = append(fileErrs, FileError{File: p, Error: e.err.Error()})
+		}
+		for _, sk := range e.skipped {
+			fileErrs = append(fileErrs, FileError{File: p, Error: sk.Error()})
+		}
+		for _, ds := range e.good {
+			key := objectKey(ds)
+			if first, dup := owner[key]; dup {
+				fileErrs = append(fileErrs, FileError{File: p, Error: fmt.Sprintf("DaemonSet %s ignored: file %s already defines it", key, first)})
+				continue
+			}
+			owner[key] = p
+			set = append(set, ds)
+		}
+	}
+	s.report.FileErrors = fileErrs
+	if changed {
+		s.sent = true
+	}
+	return SourceUpdate{Source: SourceFile, DaemonSets: set}, changed
+}
+
+// reject records a file that could not be read; its previous objects stay.
+func (s *FileSource) reject(p string, err error) {
+	e, ok := s.files[p]
+	if !ok {
+		e = &fileEntry{}
+		s.files[p] = e
+	}
+	if e.err == nil || e.err.Error() != err.Error() {
+		s.log.Error("cannot read manifest; keeping its previous objects", "file", p, "err", err)
+	}
+	// Forget the content's sum, so that the next good read is decoded
+	// again and clears this error even if the content did not change.
+	e.sum = [sha256.Size]byte{}
+	e.err = err
+}
+
+// list returns the manifest files in name order. A missing path is an empty
+// set, as in kubelet: removing the folder removes its pods.
+func (s *FileSource) list() ([]string, error) {
+	fi, err := os.Stat(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		return []string{s.path}, nil
+	}
+	entries, err := os.ReadDir(s.path)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(s.path, e.Name())
+		// Stat follows symlinks, so a link to a manifest counts as a file.
+		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// watchMask is every inotify event that can change the set: files created,
+// written, renamed in or out, removed, or their mode changed, and the
+// watched directory itself going away.
+const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY | unix.IN_CLOSE_WRITE |
+	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF
+
+// watch rings events whenever inotify reports a change under the manifest
+// path. A path that cannot be watched (not there yet, say) is retried with
+// a back-off from 1s up to the poll period, as kubelet does; meanwhile the
+// poll is what notices changes.
+func (s *FileSource) watch(ctx context.Context, events chan<- struct{}) {
+	backoff := time.Second
+	var lastErr string
+	for {
+		err := s.watchOnce(ctx, events)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			// The watched directory went away or was replaced: rewatch now.
+			backoff = time.Second
+			continue
+		}
+		if err.Error() != lastErr {
+			s.log.Warn("cannot watch manifests; polling only until the watch works", "path", s.path, "every", s.period, "err", err)
+			lastErr = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, s.period)
+	}
+}
+
+// watchOnce watches the manifest directory (or a single manifest's parent
+// directory, so that an editor's rename-over is seen) until the watch ends:
+// nil when the directory itself went away, an error when it could not be
+// set up or read.
+func (s *FileSource) watchOnce(ctx context.Context, events chan<- struct{}) error {
+	target := s.path
+	fi, err := os.Stat(target)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		target = filepath.Dir(target)
+	}
+	// Non-blocking, so that os.File puts it in the runtime's poller and
+	// Close interrupts a pending Read.
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("inotify_init1: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	defer f.Close()
+	if _, err := unix.InotifyAddWatch(fd, target, watchMask); err != nil {
+		return fmt.Errorf("inotify_add_watch %s: %w", target, err)
+	}
+	stop := context.AfterFunc(ctx, func() { f.Close() })
+	defer stop()
+	// Changes made before the watch existed would otherwise wait for the poll.
+	ringBell(events)
+
+	buf := make([]byte, 64*1024)
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read inotify events: %w", err)
+		}
+		gone := false
+		// struct inotify_event: wd int32, mask uint32, cookie uint32,
+		// len uint32, then len bytes of name.
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			mask := binary.NativeEndian.Uint32(buf[off+4:])
+			nameLen := binary.NativeEndian.Uint32(buf[off+12:])
+			if mask&(unix.IN_IGNORED|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
+				gone = true
+			}
+			off += unix.SizeofInotifyEvent + int(nameLen)
+		}
+		ringBell(events)
+		if gone {
+			return nil
+		}
+	}
+}
+
+// ringBell writes to a doorbell channel of capacity 1 without blocking: one
+// pending ring stands for any number of events.
+func ringBell(bell chan<- struct{}) {
+	select {
+	case bell <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,34 @@
+// Command daemonlet is the node agent for daemon pods and, later, its
+// server and kubectl-like CLI: one binary, a cobra command tree that only
+// wires flags to the packages below it.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "daemonlet",
+		Short:         "A mini-kubelet for DaemonSet pods on containerd",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.AddCommand(newLogDriverCommand())
+	root.AddCommand(newAgentCommand())
+	return root
+}
