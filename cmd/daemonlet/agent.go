@@ -83,7 +83,10 @@ func runAgent(ctx context.Context, flags *agent.SettingsFlags) error {
 		CNI: runtime.CNIConfig{
 			ConfDir: settings.CNIConfDir,
 			BinDirs: settings.CNIBinDirs(),
-			PodCIDR: settings.PodCIDR,
+			// libcni's result cache lives with the agent's other state:
+			// removing a pod after a crash or reboot needs it.
+			CacheDir: filepath.Join(settings.RootDir, "cni", "cache"),
+			PodCIDR:  settings.PodCIDR,
 		},
 		Logger: logger,
 	})

@@ -264,6 +264,44 @@ func (c *Containerd) Restart() error {
 	return c.start()
 }
 
+// Reboot simulates a machine reboot under containerd: the daemon, its
+// shims and every container process die at once, State (a tmpfs under
+// /run on a real machine) is wiped with whatever was mounted in it, and
+// containerd starts again on the same Root, which keeps its containers
+// and images as a disk would. Mounts outside Dir that a reboot would also
+// drop (pod namespaces, say) are the caller's to unmount.
+func (c *Containerd) Reboot() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return fmt.Errorf("reboot containerd in %s: already stopped: %w", c.Dir, errdefs.ErrFailedPrecondition)
+	}
+	if c.cmd != nil && !c.hasExited() {
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	}
+	errs := []error{c.killLeftovers()}
+	shimSockets := c.shimSockets()
+	cgroups := c.bundleCgroups()
+	errs = append(errs, UnmountUnder(c.State))
+	for _, s := range shimSockets {
+		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	removeCgroups(cgroups)
+	if err := os.RemoveAll(c.State); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.MkdirAll(c.State, 0o711); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("reboot containerd in %s: %w", c.Dir, err)
+	}
+	return c.start()
+}
+
 // Log returns the daemon's log so far, to print when a test fails.
 func (c *Containerd) Log() string {
 	c.mu.Lock()
@@ -306,7 +344,7 @@ func (c *Containerd) Stop() error {
 	errs = append(errs, c.killLeftovers())
 	shimSockets := c.shimSockets()
 	cgroups := c.bundleCgroups()
-	errs = append(errs, c.unmountAll())
+	errs = append(errs, UnmountUnder(c.Dir))
 	for _, s := range shimSockets {
 		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
@@ -544,10 +582,10 @@ func (c *Containerd) shimSockets() []string {
 	return socks
 }
 
-// unmountAll unmounts every mount at or below Dir, deepest first, lazily
+// UnmountUnder unmounts every mount at or below dir, deepest first, lazily
 // when a mount is busy.
-func (c *Containerd) unmountAll() error {
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(c.Dir))
+func UnmountUnder(dir string) error {
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
 	if err != nil {
 		return fmt.Errorf("read mountinfo: %w", err)
 	}
