@@ -31,7 +31,11 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(ctdtest.Main(m))
+	code := ctdtest.Main(m)
+	if imageTar != "" {
+		os.RemoveAll(filepath.Dir(imageTar))
+	}
+	os.Exit(code)
 }
 
 // testImageRef is the project's test image, imported into every test
