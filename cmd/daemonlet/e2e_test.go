@@ -241,12 +241,7 @@ func (n *node) cleanup() {
 		}
 	}
 	ctx := context.Background()
-	rt, err := runtime.New(ctx, runtime.Config{
-		Address: n.ctd.Address, Namespace: n.namespace, RootDir: n.root,
-		PodLogDir: filepath.Join(n.dir, "pod-logs"), ContainerLogDir: filepath.Join(n.dir, "container-logs"),
-		LogDriver: n.bin, HostIP: "127.0.0.1",
-		CNI: runtime.CNIConfig{ConfDir: filepath.Join(n.dir, "cni"), CacheDir: filepath.Join(n.root, "cni", "cache")},
-	})
+	rt, err := n.runtime()
 	if err != nil {
 		n.t.Errorf("cleanup: %v", err)
 		return
@@ -274,6 +269,17 @@ func (n *node) cleanup() {
 		c.Close()
 	}
 	_ = exec.Command("ip", "link", "del", n.bridge).Run()
+}
+
+// runtime opens the agent's runtime (same containerd namespace and
+// directories) from the test, to inspect or clean up what the agent made.
+func (n *node) runtime() (*runtime.Runtime, error) {
+	return runtime.New(context.Background(), runtime.Config{
+		Address: n.ctd.Address, Namespace: n.namespace, RootDir: n.root,
+		PodLogDir: filepath.Join(n.dir, "pod-logs"), ContainerLogDir: filepath.Join(n.dir, "container-logs"),
+		LogDriver: n.bin, HostIP: "127.0.0.1",
+		CNI: runtime.CNIConfig{ConfDir: filepath.Join(n.dir, "cni"), CacheDir: filepath.Join(n.root, "cni", "cache")},
+	})
 }
 
 // pods asks the running agent for its pods.
@@ -311,20 +317,22 @@ func running(p agent.PodStatus, ok bool) bool {
 	return ok && p.Phase == "Running" && p.Total > 0 && p.Ready == p.Total
 }
 
+// bothRunning holds when the pods of selectedDS and plainDS both run.
+func bothRunning(p map[string]agent.PodStatus) bool {
+	s, ok1 := p["selected"]
+	q, ok2 := p["plain"]
+	return running(s, ok1) && running(q, ok2)
+}
+
 // containers lists the containerd containers of the agent's namespace.
 func (n *node) containers() []runtime.Container {
 	n.t.Helper()
-	ctx := context.Background()
-	rt, err := runtime.New(ctx, runtime.Config{
-		Address: n.ctd.Address, Namespace: n.namespace, RootDir: filepath.Join(n.dir, "inspect"),
-		PodLogDir: filepath.Join(n.dir, "inspect"), ContainerLogDir: filepath.Join(n.dir, "inspect"),
-		LogDriver: n.bin, CNI: runtime.CNIConfig{ConfDir: filepath.Join(n.dir, "cni")},
-	})
+	rt, err := n.runtime()
 	if err != nil {
 		n.t.Fatal(err)
 	}
 	defer rt.Close()
-	conts, err := rt.ListContainers(ctx)
+	conts, err := rt.ListContainers(context.Background())
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -415,11 +423,7 @@ func TestNodeLabelsAndTaintsAtRunTime(t *testing.T) {
 	n.manifest("selected.yaml", selectedDS)
 	n.manifest("plain.yaml", plainDS)
 	n.start()
-	n.waitPods(90*time.Second, "both pods to run", func(p map[string]agent.PodStatus) bool {
-		s, ok1 := p["selected"]
-		q, ok2 := p["plain"]
-		return running(s, ok1) && running(q, ok2)
-	})
+	n.waitPods(90*time.Second, "both pods to run", bothRunning)
 	before := n.runningByPod()
 
 	n.writeConfig("nodeLabels: {disk: hdd}\n")
@@ -450,11 +454,7 @@ func TestNodeLabelsAndTaintsAtRunTime(t *testing.T) {
 
 	n.writeConfig("nodeLabels: {disk: ssd}\n")
 	n.signal(syscall.SIGHUP)
-	n.waitPods(60*time.Second, "both pods to run again", func(p map[string]agent.PodStatus) bool {
-		s, ok1 := p["selected"]
-		q, ok2 := p["plain"]
-		return running(s, ok1) && running(q, ok2)
-	})
+	n.waitPods(60*time.Second, "both pods to run again", bothRunning)
 }
 
 // TestCrashLoopBackOff checks kubelet's restart back-off on a container
@@ -506,21 +506,13 @@ func TestKill9AdoptsRunningContainers(t *testing.T) {
 	n.manifest("selected.yaml", selectedDS)
 	n.manifest("plain.yaml", plainDS)
 	n.start()
-	n.waitPods(90*time.Second, "both pods to run", func(p map[string]agent.PodStatus) bool {
-		s, ok1 := p["selected"]
-		q, ok2 := p["plain"]
-		return running(s, ok1) && running(q, ok2)
-	})
+	n.waitPods(90*time.Second, "both pods to run", bothRunning)
 	before := n.runningByPod()
 	sandboxesBefore := listDir(t, filepath.Join(n.root, "pods"))
 	for round := 0; round < 3; round++ {
 		n.kill9()
 		n.start()
-		n.waitPods(60*time.Second, "both pods after restart", func(p map[string]agent.PodStatus) bool {
-			s, ok1 := p["selected"]
-			q, ok2 := p["plain"]
-			return running(s, ok1) && running(q, ok2)
-		})
+		n.waitPods(60*time.Second, "both pods after restart", bothRunning)
 		// A resync period for any wrong restart to show.
 		time.Sleep(2 * time.Second)
 		after := n.runningByPod()
