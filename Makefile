@@ -4,12 +4,12 @@
 
 GO ?= go
 
-.PHONY: build test lint deps image
+.PHONY: build test lint deps image fuzz
 
 build:
 	$(GO) build -o bin/daemonlet ./cmd/daemonlet
 
-test: deps
+test: deps lint
 	$(GO) test -count=1 -timeout 15m ./...
 
 lint:
@@ -22,3 +22,18 @@ deps:
 
 image:
 	$(GO) run ./scripts/mkimage -o bin/testimage.tar
+
+# Each fuzz target runs for FUZZTIME; go test -fuzz takes one target at a
+# time. Seed corpora live in each package's testdata.
+FUZZTIME ?= 20s
+FUZZ_TARGETS = \
+	./api:FuzzDecodeAndValidate \
+	./api:FuzzParseNodeLabels \
+	./api:FuzzParseTaints
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
