@@ -92,6 +92,9 @@ type node struct {
 	bridge    string
 	addr      string
 	extraArgs []string
+	// name is the node name (--hostname-override); newNode sets
+	// "e2e-node", fleet tests give each agent its own.
+	name string
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	logFile   string
@@ -118,6 +121,7 @@ func newNode(t *testing.T, config string, extraArgs ...string) *node {
 		bridge:    "dle2e" + tok,
 		addr:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		extraArgs: extraArgs,
+		name:      "e2e-node",
 		logFile:   filepath.Join(dir, "agent.log"),
 	}
 	for _, d := range []string{n.manifests, filepath.Join(dir, "cni")} {
@@ -172,7 +176,7 @@ func (n *node) start() {
 	host, port, _ := strings.Cut(n.addr, ":")
 	args := append([]string{"agent",
 		"--config", n.config,
-		"--hostname-override", "e2e-node",
+		"--hostname-override", n.name,
 		"--root-dir", n.root,
 		"--container-runtime-endpoint", "unix://" + n.ctd.Address,
 		"--containerd-namespace", n.namespace,
