@@ -94,10 +94,10 @@ type node struct {
 	extraArgs []string
 	// name is the node name (--hostname-override); newNode sets
 	// "e2e-node", fleet tests give each agent its own.
-	name string
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	logFile   string
+	name    string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	logFile string
 }
 
 func token() string {
