@@ -1,7 +1,8 @@
 // Package testimage builds daemonlet's test image: the static program in
 // ./prog packed, with a minimal /etc, as a single-layer OCI image layout tar
 // that containerd imports directly (client.Import) and that can be pushed to
-// a registry. See prog's package documentation for the argument grammar.
+// a registry; BuildDockerArchive writes the same image as `docker save`
+// does. See prog's package documentation for the argument grammar.
 //
 // The tar is reproducible: file times are fixed and gzip carries no name or
 // time, so the same sources, reference and command give the same digests.
@@ -88,6 +89,61 @@ func BuildVariant(ctx context.Context, outTar, ref string, cmd []string) error {
 		return fmt.Errorf("write test image hash: %w", err)
 	}
 	return nil
+}
+
+// BuildDockerArchive writes the test image, tagged ref, with Cmd DefaultCmd,
+// to outTar in the format `docker save` writes (manifest.json naming a
+// config file and an uncompressed layer.tar per layer), for tests of the
+// air-gapped import of docker archives. It is not cached: the Go build
+// cache already makes a rebuild cheap.
+func BuildDockerArchive(ctx context.Context, outTar, ref string) error {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return fmt.Errorf("test image reference %q: %w: %w", ref, errdefs.ErrInvalidArgument, err)
+	}
+	// docker save lists a familiar name:tag, and ":latest" when untagged.
+	tagged, ok := reference.TagNameOnly(named).(reference.NamedTagged)
+	if !ok {
+		return fmt.Errorf("test image reference %q: a docker archive needs a tag, not a digest: %w", ref, errdefs.ErrInvalidArgument)
+	}
+	src, err := progDir(ctx)
+	if err != nil {
+		return err
+	}
+	bin, err := compile(ctx, src)
+	if err != nil {
+		return err
+	}
+	raw, _, err := layer(bin)
+	if err != nil {
+		return fmt.Errorf("test image layer: %w", err)
+	}
+	config, err := imageConfig(raw, DefaultCmd)
+	if err != nil {
+		return err
+	}
+	configName := config.desc.Digest.Encoded() + ".json"
+	layerDir := digest.FromBytes(raw).Encoded()
+	manifest, err := json.Marshal([]dockerManifest{{
+		Config:   configName,
+		RepoTags: []string{reference.FamiliarString(tagged)},
+		Layers:   []string{layerDir + "/layer.tar"},
+	}})
+	if err != nil {
+		return fmt.Errorf("test image manifest: %w", err)
+	}
+	return writeTarAtomic(outTar, []string{layerDir + "/"}, []entry{
+		{configName, config.data},
+		{layerDir + "/layer.tar", raw},
+		{"manifest.json", manifest},
+	})
+}
+
+// dockerManifest is one entry of a docker archive's manifest.json.
+type dockerManifest struct {
+	Config   string
+	RepoTags []string
+	Layers   []string
 }
 
 // progDir finds the program's sources: next to this file when the sources
@@ -254,21 +310,10 @@ func writeImage(outTar string, named reference.Named, ref string, bin []byte, cm
 		return fmt.Errorf("test image layer: %w", err)
 	}
 	layerBlob := newBlob(ocispec.MediaTypeImageLayerGzip, gz)
-	platform := ocispec.Platform{OS: "linux", Architecture: goruntime.GOARCH}
-	created := epoch
-	config, err := jsonBlob(ocispec.MediaTypeImageConfig, ocispec.Image{
-		Created:  &created,
-		Platform: platform,
-		Config: ocispec.ImageConfig{
-			Entrypoint: []string{BinaryPath},
-			Cmd:        slices.Clone(cmd),
-			Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			WorkingDir: "/",
-		},
-		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(raw)}},
-	})
+	platform := imagePlatform()
+	config, err := imageConfig(raw, cmd)
 	if err != nil {
-		return fmt.Errorf("test image config: %w", err)
+		return err
 	}
 	manifest, err := jsonBlob(ocispec.MediaTypeImageManifest, ocispec.Manifest{
 		Versioned: specs.Versioned{SchemaVersion: 2},
@@ -304,6 +349,41 @@ func writeImage(outTar string, named reference.Named, ref string, bin []byte, cm
 		return fmt.Errorf("test image layout: %w", err)
 	}
 
+	entries := []entry{{ocispec.ImageLayoutFile, layout}, {"index.json", index}}
+	for _, b := range []blob{layerBlob, config, manifest} {
+		entries = append(entries, entry{"blobs/" + b.desc.Digest.Algorithm().String() + "/" + b.desc.Digest.Encoded(), b.data})
+	}
+	return writeTarAtomic(outTar, []string{"blobs/", "blobs/sha256/"}, entries)
+}
+
+// imagePlatform is the platform the program is compiled for.
+func imagePlatform() ocispec.Platform {
+	return ocispec.Platform{OS: "linux", Architecture: goruntime.GOARCH}
+}
+
+// imageConfig is the image's config blob for the uncompressed layer raw.
+func imageConfig(raw []byte, cmd []string) (blob, error) {
+	created := epoch
+	config, err := jsonBlob(ocispec.MediaTypeImageConfig, ocispec.Image{
+		Created:  &created,
+		Platform: imagePlatform(),
+		Config: ocispec.ImageConfig{
+			Entrypoint: []string{BinaryPath},
+			Cmd:        slices.Clone(cmd),
+			Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			WorkingDir: "/",
+		},
+		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(raw)}},
+	})
+	if err != nil {
+		return blob{}, fmt.Errorf("test image config: %w", err)
+	}
+	return config, nil
+}
+
+// writeTarAtomic writes the directories dirs, then the files entries, as a
+// tar at outTar, renamed into place so that no reader sees half a tar.
+func writeTarAtomic(outTar string, dirs []string, entries []entry) error {
 	if err := os.MkdirAll(filepath.Dir(outTar), 0o755); err != nil {
 		return fmt.Errorf("write test image: %w", err)
 	}
@@ -314,11 +394,7 @@ func writeImage(outTar string, named reference.Named, ref string, bin []byte, cm
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	tw := tar.NewWriter(tmp)
-	entries := []entry{{ocispec.ImageLayoutFile, layout}, {"index.json", index}}
-	for _, b := range []blob{layerBlob, config, manifest} {
-		entries = append(entries, entry{"blobs/" + b.desc.Digest.Algorithm().String() + "/" + b.desc.Digest.Encoded(), b.data})
-	}
-	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
+	for _, dir := range dirs {
 		if err := tw.WriteHeader(&tar.Header{Name: dir, Mode: 0o755, ModTime: epoch, Typeflag: tar.TypeDir}); err != nil {
 			return fmt.Errorf("write test image: %w", err)
 		}

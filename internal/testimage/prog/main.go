@@ -22,20 +22,26 @@
 //	write-file PATH CONTENT    write CONTENT to the file PATH (mode 0644)
 //	alloc-mem MiB              allocate MiB mebibytes and touch every page,
 //	                           holding them until the program ends
+//	get URL                    HTTP GET URL (5s timeout) and print
+//	                           "get URL: STATUS BODY"; an unreachable URL or a
+//	                           status other than 2xx is an error
+//	chown PATH UID             change the owner of PATH to UID (group kept)
+//	mount-tmpfs PATH           create the directory PATH and mount a tmpfs on it
 //
 // Without arguments the program runs "sleep". By default SIGTERM and SIGINT
 // end the program with code 0, as a well-behaved daemon would. When the
 // script runs out, the program exits 0, unless it is serving HTTP or holding
 // memory, in which case it sleeps so that what it holds stays observable.
 //
-// Every action except print, eprint, print-env, print-id, print-hostname and
-// cat (whose output is their own record) first logs "testimage: <what>" to
+// Every action except print, eprint, print-env, print-id, print-hostname,
+// cat and get (whose output is their own record) first logs "testimage: <what>" to
 // stdout, so that tests can follow the script in the container's log.
 // A malformed script is reported on stderr and ends the program with code 2.
 package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -295,8 +301,59 @@ func step(s *script, word string) error {
 		}
 		held = append(held, b)
 		logf("alloc-mem %d MiB done", mib)
+	case "get":
+		url, err := s.next(word)
+		if err != nil {
+			return err
+		}
+		return get(url)
+	case "chown":
+		path, err := s.next(word)
+		if err != nil {
+			return err
+		}
+		uid, err := s.int(word)
+		if err != nil {
+			return err
+		}
+		logf("chown %s %d", path, uid)
+		if err := os.Chown(path, uid, -1); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+	case "mount-tmpfs":
+		path, err := s.next(word)
+		if err != nil {
+			return err
+		}
+		logf("mount-tmpfs %s", path)
+		if err := os.MkdirAll(path, 0o755); err != nil {
+			return fmt.Errorf("mount-tmpfs: %w", err)
+		}
+		if err := syscall.Mount("tmpfs", path, "tmpfs", 0, ""); err != nil {
+			return fmt.Errorf("mount-tmpfs %s: %w", path, err)
+		}
 	default:
 		return fmt.Errorf("unknown action %q (at argument %d)", word, s.pos)
+	}
+	return nil
+}
+
+// get fetches url and prints its status and body on one line, so that a
+// test can tell from the log that one container reached another.
+func get(url string) error {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return fmt.Errorf("get: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if err != nil {
+		return fmt.Errorf("get %s: %w", url, err)
+	}
+	fmt.Printf("get %s: %d %s\n", url, resp.StatusCode, strings.TrimSpace(string(body)))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("get %s: status %d", url, resp.StatusCode)
 	}
 	return nil
 }
