@@ -1,0 +1,151 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The node lifecycle controller's reason and message for a silent node.
+const (
+	nodeStatusUnknownReason  = "NodeStatusUnknown"
+	nodeStatusUnknownMessage = "Kubelet stopped posting node status."
+	nodeNeverPostedMessage   = "Kubelet never posted node status."
+)
+
+// heartbeats holds when each node last posted its status. It lives in
+// memory only: a heartbeat that changes nothing else is never written to
+// the store, so that thousands of nodes cost little. After a restart every
+// node gets a fresh grace period, as with kube-controller-manager.
+type heartbeats struct {
+	mu   sync.Mutex
+	last map[string]time.Time // node name → last heartbeat (guarded by mu)
+}
+
+func (h *heartbeats) beat(node string, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.last[node] = at
+}
+
+// nodeHeartbeat records a status PUT as a heartbeat and says whether it
+// changed anything besides heartbeat times (then it must be written).
+func (s *Server) nodeHeartbeat(obj, old object) bool {
+	s.heartbeats.beat(obj.GetName(), s.clock.Now())
+	return equality.Semantic.DeepEqual(withoutHeartbeats(&obj.(*corev1.Node).Status), withoutHeartbeats(&old.(*corev1.Node).Status))
+}
+
+func withoutHeartbeats(st *corev1.NodeStatus) *corev1.NodeStatus {
+	c := st.DeepCopy()
+	for i := range c.Conditions {
+		c.Conditions[i].LastHeartbeatTime = metav1.Time{}
+	}
+	return c
+}
+
+// nodeWritten starts the grace period of a newly registered node.
+func (s *Server) nodeWritten(_ context.Context, obj object) {
+	s.heartbeats.mu.Lock()
+	defer s.heartbeats.mu.Unlock()
+	if _, ok := s.heartbeats.last[obj.GetName()]; !ok {
+		s.heartbeats.last[obj.GetName()] = s.clock.Now()
+	}
+}
+
+// runNodeMonitor checks the nodes' heartbeats a few times per grace
+// period.
+func (s *Server) runNodeMonitor(ctx context.Context) {
+	period := s.cfg.NodeMonitorGracePeriod / 4
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.clock.After(period):
+		}
+		if err := s.checkNodes(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("checking node heartbeats", "error", err)
+		}
+	}
+}
+
+// checkNodes marks Ready=Unknown every node silent for longer than the
+// grace period, writing only nodes whose Ready condition changes.
+func (s *Server) checkNodes(ctx context.Context) error {
+	nodes, _, err := s.list(ctx, s.nodes, "", nil)
+	if err != nil {
+		return err
+	}
+	now := s.clock.Now()
+	var silent []*corev1.Node
+	s.heartbeats.mu.Lock()
+	seen := make(map[string]bool, len(nodes))
+	for _, o := range nodes {
+		n := o.(*corev1.Node)
+		seen[n.Name] = true
+		last, ok := s.heartbeats.last[n.Name]
+		if !ok {
+			s.heartbeats.last[n.Name] = now // first seen since start: a fresh grace period
+			continue
+		}
+		if now.Sub(last) >= s.cfg.NodeMonitorGracePeriod {
+			silent = append(silent, n)
+		}
+	}
+	for name := range s.heartbeats.last {
+		if !seen[name] {
+			delete(s.heartbeats.last, name)
+		}
+	}
+	s.heartbeats.mu.Unlock()
+
+	for _, n := range silent {
+		if !markUnknown(n, now) {
+			continue
+		}
+		data, err := s.nodes.encode(n)
+		if err != nil {
+			return err
+		}
+		rv, err := parseRevision(n.ResourceVersion)
+		if err != nil {
+			return err
+		}
+		_, err = s.store.Update(ctx, s.nodes.key("", n.Name), data, rv)
+		switch {
+		case errdefs.IsConflict(err), errdefs.IsNotFound(err):
+			// The node changed or left meanwhile: look again next period.
+		case err != nil:
+			return err
+		default:
+			s.log.Info("node stopped posting status", "node", n.Name)
+		}
+	}
+	return nil
+}
+
+// markUnknown sets the Ready condition to Unknown as the node lifecycle
+// controller does; false when it already is.
+func markUnknown(n *corev1.Node, now time.Time) bool {
+	t := metav1.NewTime(now)
+	for i := range n.Status.Conditions {
+		c := &n.Status.Conditions[i]
+		if c.Type != corev1.NodeReady {
+			continue
+		}
+		if c.Status == corev1.ConditionUnknown {
+			return false
+		}
+		c.Status, c.Reason, c.Message, c.LastTransitionTime = corev1.ConditionUnknown, nodeStatusUnknownReason, nodeStatusUnknownMessage, t
+		return true
+	}
+	n.Status.Conditions = append(n.Status.Conditions, corev1.NodeCondition{
+		Type: corev1.NodeReady, Status: corev1.ConditionUnknown, Reason: nodeStatusUnknownReason,
+		Message: nodeNeverPostedMessage, LastHeartbeatTime: t, LastTransitionTime: t,
+	})
+	return true
+}

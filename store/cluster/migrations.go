@@ -1,0 +1,128 @@
+package cluster
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+)
+
+// migration moves a file from schema version N (its index in migrations) to
+// N+1. It runs inside the single Update transaction of migrate, so a failure
+// leaves the file as it was.
+type migration struct {
+	name  string
+	apply func(tx *bolt.Tx) error
+}
+
+// migrations is ordered: migrations[N] upgrades version N to N+1, and the
+// schema version this binary writes is len(migrations). Append only; every
+// entry needs its own case in migrationTests (migrations_test.go).
+var migrations = []migration{
+	{name: "create v1 layout", apply: migrateCreateV1},
+}
+
+// schemaVersion is the version this binary reads and writes.
+func schemaVersion() int { return len(migrations) }
+
+// migrateCreateV1 creates the buckets drawn in doc.go in an empty file, with
+// both revisions at 0.
+func migrateCreateV1(tx *bolt.Tx) error {
+	root, err := tx.CreateBucket(bucketRoot)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", bucketRoot, err)
+	}
+	for _, name := range [][]byte{bucketMeta, bucketKV, bucketLog} {
+		if _, err := root.CreateBucket(name); err != nil {
+			return fmt.Errorf("create %s/%s: %w", bucketRoot, name, err)
+		}
+	}
+	meta := root.Bucket(bucketMeta)
+	for _, key := range [][]byte{keyRevision, keyCompacted} {
+		if err := meta.Put(key, []byte("0")); err != nil {
+			return fmt.Errorf("write %s/%s/%s: %w", bucketRoot, bucketMeta, key, err)
+		}
+	}
+	return nil
+}
+
+// migrate runs the pending migrations and records the new version, all in one
+// Update transaction; it returns the version found and the version written.
+func migrate(bdb *bolt.DB) (from, to int, err error) {
+	to = schemaVersion()
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		from, err = readVersion(tx)
+		if err != nil {
+			return err
+		}
+		if from > to {
+			return fmt.Errorf("schema version %d was written by a newer daemonlet (this binary knows up to %d); refusing to open it so as not to damage it: upgrade daemonlet or move the file away: %w",
+				from, to, errdefs.ErrFailedPrecondition)
+		}
+		for v := from; v < to; v++ {
+			if err := migrations[v].apply(tx); err != nil {
+				return fmt.Errorf("migrate schema %d to %d (%s): %w", v, v+1, migrations[v].name, err)
+			}
+		}
+		if from == to {
+			return nil
+		}
+		meta, err := rootBucket(tx, bucketMeta)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keyVersion, []byte(strconv.Itoa(to))); err != nil {
+			return fmt.Errorf("write schema version: %w", err)
+		}
+		return nil
+	})
+	return from, to, err
+}
+
+// readVersion returns the schema version of the file, 0 for an empty file.
+func readVersion(tx *bolt.Tx) (int, error) {
+	root := tx.Bucket(bucketRoot)
+	if root == nil {
+		// Only an empty file counts as fresh: initialising a file that holds
+		// other buckets would mix our layout into someone else's data.
+		if k, _ := tx.Cursor().First(); k != nil {
+			return 0, fmt.Errorf("not a daemonlet cluster store: top-level bucket %q present but no %s bucket: %w",
+				k, bucketRoot, errdefs.ErrFailedPrecondition)
+		}
+		return 0, nil
+	}
+	// The agent's node-local store has the same v1/meta/version shape; its
+	// other buckets tell the two apart, so that a wrong --data-dir is refused
+	// instead of failing at the first write.
+	for _, name := range [][]byte{bucketKV, bucketLog} {
+		if root.Bucket(name) == nil {
+			return 0, fmt.Errorf("not a daemonlet cluster store: bucket %s/%s missing (is this the agent's state file?): %w",
+				bucketRoot, name, errdefs.ErrFailedPrecondition)
+		}
+	}
+	meta := root.Bucket(bucketMeta)
+	if meta == nil {
+		return 0, fmt.Errorf("bucket %s/%s missing: %w", bucketRoot, bucketMeta, errdefs.ErrDataLoss)
+	}
+	v, err := readCounter(meta, keyVersion)
+	if err != nil {
+		return 0, err
+	}
+	if v < 1 {
+		return 0, fmt.Errorf("key %s/%s/%s holds %d, want a positive schema version: %w",
+			bucketRoot, bucketMeta, keyVersion, v, errdefs.ErrDataLoss)
+	}
+	return int(v), nil
+}
+
+// readCounter reads a decimal meta key; a missing or malformed one is damage.
+func readCounter(meta *bolt.Bucket, key []byte) (int64, error) {
+	raw := meta.Get(key)
+	v, err := strconv.ParseInt(string(raw), 10, 64)
+	if raw == nil || err != nil || v < 0 {
+		return 0, fmt.Errorf("key %s/%s/%s holds %q, want a non-negative integer: %w",
+			bucketRoot, bucketMeta, key, raw, errdefs.ErrDataLoss)
+	}
+	return v, nil
+}
