@@ -24,13 +24,38 @@ const (
 // node gets a fresh grace period, as with kube-controller-manager.
 type heartbeats struct {
 	mu   sync.Mutex
-	last map[string]time.Time // node name → last heartbeat (guarded by mu)
+	last map[string]time.Time // node name → last heartbeat, or start of its grace period (guarded by mu)
+	// posted holds only heartbeats nodes really sent, which GET and LIST
+	// show (guarded by mu).
+	posted map[string]time.Time
 }
 
 func (h *heartbeats) beat(node string, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.last[node] = at
+	h.posted[node] = at
+}
+
+// presentNode shows a node's latest heartbeat, kept in memory, in what
+// clients read (GET and LIST); the store keeps the last one written.
+func (s *Server) presentNode(o object) {
+	n, ok := o.(*corev1.Node)
+	if !ok {
+		return
+	}
+	s.heartbeats.mu.Lock()
+	at, ok := s.heartbeats.posted[n.Name]
+	s.heartbeats.mu.Unlock()
+	if !ok {
+		return
+	}
+	for i := range n.Status.Conditions {
+		c := &n.Status.Conditions[i]
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && at.After(c.LastHeartbeatTime.Time) {
+			c.LastHeartbeatTime = metav1.NewTime(at)
+		}
+	}
 }
 
 // nodeHeartbeat records a status PUT as a heartbeat and says whether it
@@ -99,6 +124,7 @@ func (s *Server) checkNodes(ctx context.Context) error {
 	for name := range s.heartbeats.last {
 		if !seen[name] {
 			delete(s.heartbeats.last, name)
+			delete(s.heartbeats.posted, name)
 		}
 	}
 	s.heartbeats.mu.Unlock()

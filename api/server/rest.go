@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -119,6 +120,7 @@ func (s *Server) get(r *http.Request, req request, subresource string) (object, 
 	if check != nil && !check(o) {
 		return nil, forbidden(userFrom(r.Context()), attributes{verb: "get", res: req.res, subresource: subresource, namespace: req.namespace, name: req.name})
 	}
+	s.presentNode(o)
 	return o, nil
 }
 
@@ -232,6 +234,9 @@ func (s *Server) handleList(res *resource) http.HandlerFunc {
 			writeError(w, err)
 			return
 		}
+		for _, o := range items {
+			s.presentNode(o)
+		}
 		l := res.newList(items, strconv.FormatInt(rev, 10))
 		res.setKind(l, res.listKind)
 		writeJSON(w, http.StatusOK, l)
@@ -315,7 +320,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, req request) (ob
 	if errs := res.validate(o); len(errs) > 0 {
 		return nil, apierrors.NewInvalid(res.groupKind(), o.GetName(), errs)
 	}
-	o.SetUID(uuid.NewUUID())
+	// A pod's UID is its agent's: the agent names its pods itself (like a
+	// kubelet's static pods), and matches the objects back by UID.
+	if _, isPod := o.(*corev1.Pod); !isPod || o.GetUID() == "" {
+		o.SetUID(uuid.NewUUID())
+	}
 	o.SetCreationTimestamp(metav1.NewTime(s.clock.Now()))
 	o.SetResourceVersion("")
 	o.SetDeletionTimestamp(nil)

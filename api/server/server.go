@@ -79,7 +79,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, store: cfg.Store, log: cfg.Logger, clock: cfg.Clock,
 		broadcasters: map[*resource]*broadcaster{},
-		heartbeats:   &heartbeats{last: map[string]time.Time{}},
+		heartbeats:   &heartbeats{last: map[string]time.Time{}, posted: map[string]time.Time{}},
 		statusKick:   make(chan struct{}, 1),
 	}
 	s.daemonSets, s.nodes, s.pods = newResources()
