@@ -15,7 +15,7 @@ var version = "dev"
 
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
+		fmt.Fprintln(os.Stderr, errorMessage(err))
 		os.Exit(1)
 	}
 }
@@ -30,5 +30,13 @@ func newRootCommand() *cobra.Command {
 	}
 	root.AddCommand(newLogDriverCommand())
 	root.AddCommand(newAgentCommand())
+	root.AddCommand(newServerCommand())
+	root.AddCommand(newApplyCommand())
+	root.AddCommand(newGetCommand())
+	root.AddCommand(newDescribeCommand())
+	root.AddCommand(newDeleteCommand())
+	root.AddCommand(newLabelCommand())
+	root.AddCommand(newTaintCommand())
+	root.AddCommand(newVersionCommand())
 	return root
 }
