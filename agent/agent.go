@@ -40,6 +40,8 @@ type Config struct {
 	Logger *slog.Logger
 	// SyncPeriod is the periodic resync; zero means DefaultSyncPeriod.
 	SyncPeriod time.Duration
+	// Metrics receives the agent's events (NewMetrics); nil records none.
+	Metrics *Metrics
 }
 
 // sourceState is what the agent knows of one configured source.
@@ -72,6 +74,7 @@ type Agent struct {
 	clock      clock.WithTicker
 	log        *slog.Logger
 	syncPeriod time.Duration
+	metrics    *Metrics
 	bell       chan struct{} // sync doorbell, capacity 1
 
 	mu             sync.Mutex // guards the fields below
@@ -86,6 +89,7 @@ type Agent struct {
 	lastPlan       string
 	lastConflicts  string
 	lastTick       time.Time
+	synced         bool // a sync ran after every source reported; see Ready
 	running        bool
 	wg             sync.WaitGroup // the workers' goroutines
 }
@@ -115,6 +119,7 @@ func New(cfg Config) (*Agent, error) {
 		clock:      cfg.Clock,
 		log:        cfg.Logger,
 		syncPeriod: cfg.SyncPeriod,
+		metrics:    cfg.Metrics,
 		bell:       make(chan struct{}, 1),
 		sources:    map[string]*sourceState{},
 		workers:    map[string]*podWorker{},
@@ -144,6 +149,20 @@ func (a *Agent) SetNode(node *corev1.Node) {
 	a.setNodeLocked(node.DeepCopy())
 	a.mu.Unlock()
 	a.ring()
+}
+
+// RestartPod stops the pod with that UID, as when its Pod object was
+// deleted on the server: the sync loop starts a fresh one afterwards if a
+// DaemonSet still wants it, as the DaemonSet controller recreates a deleted
+// pod. It reports whether the agent had such a pod.
+func (a *Agent) RestartPod(uid, reason string) bool {
+	a.mu.Lock()
+	w, ok := a.workers[uid]
+	a.mu.Unlock()
+	if ok {
+		w.stop(reason)
+	}
+	return ok
 }
 
 func (a *Agent) setNodeLocked(node *corev1.Node) {
@@ -203,6 +222,7 @@ func (a *Agent) Run(ctx context.Context, updates <-chan SourceUpdate, sources []
 		}
 		a.sources[s] = &sourceState{}
 		a.order = append(a.order, s)
+		a.metrics.initSource(s)
 	}
 	a.running, a.lastTick = true, a.clock.Now()
 	a.mu.Unlock()
@@ -350,6 +370,7 @@ func (a *Agent) apply(u SourceUpdate) {
 		return
 	}
 	if u.Err != nil {
+		a.metrics.sourceError(u.Source)
 		a.mu.Lock()
 		changed := s.err == nil || s.err.Error() != u.Err.Error()
 		s.err = u.Err
@@ -383,6 +404,7 @@ func (a *Agent) apply(u SourceUpdate) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
+		a.metrics.sourceError(u.Source)
 		s.err = fmt.Errorf("persist desired state of source %s: %w", u.Source, err)
 		s.unpersisted = &u
 		a.log.Error("cannot persist desired state; keeping the previous set", "source", u.Source, "err", err)
@@ -391,6 +413,7 @@ func (a *Agent) apply(u SourceUpdate) {
 	s.set, s.delivered, s.unpersisted = set, true, nil
 	s.err = errors.Join(errs...)
 	if s.err != nil {
+		a.metrics.sourceError(u.Source)
 		a.log.Warn("source delivered invalid DaemonSets", "source", u.Source, "err", s.err)
 	}
 }
@@ -417,6 +440,10 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 	defer a.mu.Unlock()
 	now := a.clock.Now()
 	a.lastTick = now
+	defer a.metrics.observeSyncSince(a.clock, now)
+	// This pass acts on every source's report, so it is the first sync
+	// Ready waits for.
+	a.synced = a.synced || a.sourcesReportedLocked()
 
 	sets := map[string][]DesiredPod{}
 	for name, s := range a.sources {
@@ -454,6 +481,7 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 		}
 		observed = append(observed, podObserved{Key: key, UID: uid, Terminating: o.record.Terminating})
 	}
+	a.metrics.setDesiredPods(intents)
 	plan := planPods(intents, observed, a.deletionsAllowedLocked())
 	if s := plan.String(); s != a.lastPlan {
 		a.log.Info("sync", "plan", s)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,9 @@ type Settings struct {
 	HealthzBindAddress string `json:"healthzBindAddress,omitempty"`
 	// HealthzPort is their port; 0 disables the endpoint, as in kubelet.
 	HealthzPort int32 `json:"healthzPort"`
+	// MetricsBindAddress is host:port of /metrics, /healthz and /readyz,
+	// as kube-proxy's metricsBindAddress; empty disables the endpoint.
+	MetricsBindAddress string `json:"metricsBindAddress"`
 	// PodCIDR is the range of the default pod network.
 	PodCIDR string `json:"podCIDR,omitempty"`
 	// CNIConfDir holds the CNI network configurations.
@@ -79,24 +83,71 @@ type Settings struct {
 	FileCheckFrequency metav1.Duration `json:"fileCheckFrequency"`
 	// HTTPCheckFrequency is how often ManifestURL is polled.
 	HTTPCheckFrequency metav1.Duration `json:"httpCheckFrequency"`
+	// Servers are the central server's URLs; the client uses the first
+	// that answers. The file key takes one URL or a list.
+	Servers ServerList `json:"server,omitempty"`
+	// TokenFile holds the bearer token the agent presents to the server.
+	TokenFile string `json:"tokenFile,omitempty"`
+	// CertificateAuthority is the PEM file that verifies the server.
+	CertificateAuthority string `json:"certificateAuthority,omitempty"`
+	// NodeStatusUpdateFrequency is the heartbeat period, kubelet's
+	// nodeStatusUpdateFrequency.
+	NodeStatusUpdateFrequency metav1.Duration `json:"nodeStatusUpdateFrequency"`
+}
+
+// DefaultNodeStatusUpdateFrequency is kubelet's default heartbeat period.
+const DefaultNodeStatusUpdateFrequency = 10 * time.Second
+
+// ServerList is the server setting: in the file one URL or a list of them,
+// as a flag repeated or comma-separated.
+type ServerList []string
+
+// UnmarshalJSON accepts a single string as well as a list.
+func (l *ServerList) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*l = splitServers([]string{one})
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return fmt.Errorf("server: expected a URL or a list of URLs: %w", err)
+	}
+	*l = splitServers(many)
+	return nil
+}
+
+// splitServers splits comma-separated entries and drops empty ones.
+func splitServers(values []string) ServerList {
+	var out ServerList
+	for _, v := range values {
+		for item := range strings.SplitSeq(v, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				out = append(out, item)
+			}
+		}
+	}
+	return out
 }
 
 // DefaultSettings returns the settings a flagless, fileless agent uses,
 // before the per-host defaults (hostname, host IP, images dir) are filled in.
 func DefaultSettings() Settings {
 	return Settings{
-		RootDir:                  "/var/lib/daemonlet",
-		ContainerRuntimeEndpoint: "unix:///run/containerd/containerd.sock",
-		ContainerdNamespace:      "daemonlet",
-		PodLogsDir:               "/var/log/pods",
-		ContainerLogsDir:         "/var/log/containers",
-		HealthzBindAddress:       "127.0.0.1",
-		HealthzPort:              10248,
-		PodCIDR:                  "10.88.0.0/16",
-		CNIConfDir:               "/etc/cni/net.d",
-		CNIBinDir:                "/usr/lib/cni:/opt/cni/bin",
-		FileCheckFrequency:       metav1.Duration{Duration: DefaultCheckFrequency},
-		HTTPCheckFrequency:       metav1.Duration{Duration: DefaultCheckFrequency},
+		RootDir:                   "/var/lib/daemonlet",
+		ContainerRuntimeEndpoint:  "unix:///run/containerd/containerd.sock",
+		ContainerdNamespace:       "daemonlet",
+		PodLogsDir:                "/var/log/pods",
+		ContainerLogsDir:          "/var/log/containers",
+		HealthzBindAddress:        "127.0.0.1",
+		HealthzPort:               10248,
+		MetricsBindAddress:        "127.0.0.1:10255",
+		PodCIDR:                   "10.88.0.0/16",
+		CNIConfDir:                "/etc/cni/net.d",
+		CNIBinDir:                 "/usr/lib/cni:/opt/cni/bin",
+		FileCheckFrequency:        metav1.Duration{Duration: DefaultCheckFrequency},
+		HTTPCheckFrequency:        metav1.Duration{Duration: DefaultCheckFrequency},
+		NodeStatusUpdateFrequency: metav1.Duration{Duration: DefaultNodeStatusUpdateFrequency},
 	}
 }
 
@@ -255,6 +306,12 @@ func (s *Settings) Validate() error {
 	if s.HealthzPort < 0 || s.HealthzPort > 65535 {
 		bad("healthzPort", "healthz-port", "%d: expected 0 (disabled) to 65535", s.HealthzPort)
 	}
+	if s.MetricsBindAddress != "" {
+		host, port, err := net.SplitHostPort(s.MetricsBindAddress)
+		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || net.ParseIP(host) == nil || perr != nil || n == 0 {
+			bad("metricsBindAddress", "metrics-bind-address", "%q: expected IP:port, such as 127.0.0.1:10255, or empty to disable", s.MetricsBindAddress)
+		}
+	}
 	if _, _, err := net.ParseCIDR(s.PodCIDR); err != nil {
 		bad("podCIDR", "pod-cidr", "%q: expected a CIDR such as 10.88.0.0/16", s.PodCIDR)
 	}
@@ -266,6 +323,18 @@ func (s *Settings) Validate() error {
 	}
 	if s.HTTPCheckFrequency.Duration <= 0 {
 		bad("httpCheckFrequency", "http-check-frequency", "%v: expected a positive duration", s.HTTPCheckFrequency.Duration)
+	}
+	for _, srv := range s.Servers {
+		u, err := url.Parse(srv)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("server", "server", "%q: expected an http:// or https:// URL", srv)
+		}
+	}
+	if s.NodeStatusUpdateFrequency.Duration <= 0 {
+		bad("nodeStatusUpdateFrequency", "node-status-update-frequency", "%v: expected a positive duration", s.NodeStatusUpdateFrequency.Duration)
+	}
+	if len(s.Servers) == 0 && (s.TokenFile != "" || s.CertificateAuthority != "") {
+		bad("server", "server", "tokenFile and certificateAuthority need a server")
 	}
 	return errors.Join(errs...)
 }
@@ -414,12 +483,19 @@ func BindSettingsFlags(fs *pflag.FlagSet) *SettingsFlags {
 	p := &f.vals.HealthzPort
 	fs.Int32Var(p, "healthz-port", *p, "port of /healthz, /pods and /sources; 0 disables them")
 	f.apply = append(f.apply, flagApply{"healthz-port", func(s *Settings) error { s.HealthzPort = *p; return nil }})
+	str("metrics-bind-address", func(s *Settings) *string { return &s.MetricsBindAddress }, "IP:port of /metrics, /healthz and /readyz; empty disables them")
 	str("pod-cidr", func(s *Settings) *string { return &s.PodCIDR }, "address range of the default pod network")
 	str("cni-conf-dir", func(s *Settings) *string { return &s.CNIConfDir }, "directory of CNI network configurations")
 	str("cni-bin-dir", func(s *Settings) *string { return &s.CNIBinDir }, "directories of CNI plugins, separated by ':'")
 	str("node-ip", func(s *Settings) *string { return &s.HostIP }, "the node's IP address (default: the address of the default-route interface, or 127.0.0.1)")
 	dur("file-check-frequency", func(s *Settings) *time.Duration { return &s.FileCheckFrequency.Duration }, "how often --pod-manifest-path is re-read besides change notifications")
 	dur("http-check-frequency", func(s *Settings) *time.Duration { return &s.HTTPCheckFrequency.Duration }, "how often --manifest-url is polled")
+	var servers []string
+	fs.StringSliceVar(&servers, "server", nil, "URL of the central server (daemonlet server); repeat the flag or separate with commas, the first that answers is used")
+	f.apply = append(f.apply, flagApply{"server", func(s *Settings) error { s.Servers = splitServers(servers); return nil }})
+	str("token-file", func(s *Settings) *string { return &s.TokenFile }, "file holding the bearer token presented to --server")
+	str("certificate-authority", func(s *Settings) *string { return &s.CertificateAuthority }, "PEM file of the CA that signed --server's certificate")
+	dur("node-status-update-frequency", func(s *Settings) *time.Duration { return &s.NodeStatusUpdateFrequency.Duration }, "how often the node's status (its heartbeat) is posted to --server")
 	return f
 }
 
@@ -475,7 +551,10 @@ func parseHeaderFlags(values []string) (map[string][]string, error) {
 
 // Reloader re-reads the settings (on SIGHUP) and applies at once what may
 // change at run time, the node's labels and taints; other changes are
-// reported as needing a restart.
+// reported as needing a restart. With a server configured, the Node object
+// on the server holds the node's labels and taints (--node-labels and
+// --register-with-taints apply only when the node registers, as for
+// kubelet), so a reload leaves them alone.
 type Reloader struct {
 	flags   *SettingsFlags
 	setNode func(*corev1.Node)
@@ -510,8 +589,12 @@ func (r *Reloader) Reload() (needRestart []string, err error) {
 	cur := r.current
 	if !maps.Equal(cur.NodeLabels, next.NodeLabels) || !sameTaints(cur.RegisterWithTaints, next.RegisterWithTaints) {
 		cur.NodeLabels, cur.RegisterWithTaints = next.NodeLabels, next.RegisterWithTaints
-		r.setNode(cur.Node())
-		r.log.Info("node labels and taints reloaded", "labels", cur.NodeLabels, "taints", len(cur.RegisterWithTaints))
+		if len(cur.Servers) > 0 {
+			r.log.Warn("node labels and taints changed in the settings are ignored: with a server they apply only at registration; change the Node on the server instead")
+		} else {
+			r.setNode(cur.Node())
+			r.log.Info("node labels and taints reloaded", "labels", cur.NodeLabels, "taints", len(cur.RegisterWithTaints))
+		}
 	}
 	needRestart = changedKeys(cur, next)
 	if len(needRestart) > 0 {

@@ -54,14 +54,27 @@ func newDesiredPod(source string, ds *appsv1.DaemonSet) (DesiredPod, error) {
 	if ns == "" {
 		ns = metav1.NamespaceDefault
 	}
+	rev := api.TemplateHash(&ds.Spec.Template, ds.Status.CollisionCount)
+	if r := ds.Annotations[AnnotationRevision]; r != "" && source == SourceServer {
+		rev = r
+	}
 	return DesiredPod{
 		Namespace: ns,
 		Name:      ds.Name,
 		Source:    source,
 		DaemonSet: ds,
-		Revision:  api.TemplateHash(&ds.Spec.Template, ds.Status.CollisionCount),
+		Revision:  rev,
 	}, nil
 }
+
+// AnnotationRevision, on a DaemonSet of the server source, names the
+// revision its pod runs instead of the template hash. The server source sets
+// it on the DaemonSet it builds from an orphan pod (its owner was deleted
+// with propagationPolicy Orphan), so that the rebuilt template, which need
+// not hash as the original did, keeps the pod's revision and thus its UID:
+// the pod runs on untouched. Other sources' DaemonSets never honour it, so a
+// manifest cannot pin a revision and skip its rollouts.
+const AnnotationRevision = "daemonlet.io/revision"
 
 // desiredRecords turns a source's set into store records.
 func desiredRecords(pods []DesiredPod, now time.Time) ([]store.DesiredRecord, error) {

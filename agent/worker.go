@@ -81,6 +81,7 @@ type podWorker struct {
 	st     Store
 	clock  clock.WithTicker
 	log    *slog.Logger
+	m      *Metrics
 	onDone func(*podWorker) // called once the pod is gone
 	bell   chan struct{}    // coalescing doorbell, capacity 1
 	exited chan struct{}    // closed when run returns
@@ -94,12 +95,14 @@ type podWorker struct {
 	record     store.PodRecord
 	view       podView
 	watching   map[string]bool
+	podIP      string // the sandbox's IP, known once this agent ran its sandbox
 
 	// Only the worker goroutine touches the fields below.
 	waits       map[string]waiting
 	pulls       map[string]*pullBackOff
 	lastActs    string
 	stopBackOff time.Duration
+	startTrack  *podStartTracker // nil once observed, or for adopted pods
 }
 
 // podView is the last status the worker computed, for Pods().
@@ -117,6 +120,7 @@ func newPodWorker(a *Agent, uid string, pod *runtime.Pod, id podIdentity, rec st
 		st:       a.st,
 		clock:    a.clock,
 		log:      a.log.With("pod", id.Namespace+"/"+id.Name, "uid", uid),
+		m:        a.metrics,
 		onDone:   a.workerDone,
 		bell:     make(chan struct{}, 1),
 		exited:   make(chan struct{}),
@@ -126,6 +130,11 @@ func newPodWorker(a *Agent, uid string, pod *runtime.Pod, id podIdentity, rec st
 		watching: map[string]bool{},
 		waits:    map[string]waiting{},
 		pulls:    map[string]*pullBackOff{},
+	}
+	// A pod without a record is new to this node (kubelet's tracker
+	// likewise skips pods that already have a start time).
+	if pod != nil && rec.UID == "" {
+		w.startTrack = &podStartTracker{seen: a.clock.Now()}
 	}
 	return w
 }
@@ -219,8 +228,10 @@ func (w *podWorker) run(ctx context.Context) {
 			w.stopBackOff = min(max(2*w.stopBackOff, stopRetryInitial), stopRetryMax)
 			wakeAt = w.clock.Now().Add(w.stopBackOff)
 		} else {
+			start := w.clock.Now()
 			wakeAt = w.sync(workCtx, watchCtx, pod)
 			done()
+			w.m.observePodSync(w.clock.Since(start))
 		}
 		// Deadlines are absolute, so a clock that moved on while the
 		// pass ran fires at once instead of waiting a full delay.
@@ -279,6 +290,7 @@ func (w *podWorker) sync(ctx, watchCtx context.Context, pod *runtime.Pod) time.T
 	// Step 1: observe the pod's containers.
 	observed, err := w.observe(ctx)
 	if err != nil {
+		w.m.syncError(stepListContainers)
 		w.log.Warn("cannot list containers", "err", err)
 		return now.Add(syncErrorRetry)
 	}
@@ -298,11 +310,13 @@ func (w *podWorker) sync(ctx, watchCtx context.Context, pod *runtime.Pod) time.T
 	grace := terminationGrace(pod)
 	for _, id := range acts.Kill {
 		if err := w.removeContainer(ctx, id, grace); err != nil {
+			w.m.syncError(stepRemoveContainer)
 			w.log.Warn("cannot remove container", "container", id, "err", err)
 		}
 	}
 	for _, id := range acts.Remove {
 		if err := w.rt.RemoveContainer(ctx, id); err != nil {
+			w.m.syncError(stepRemoveContainer)
 			w.log.Warn("cannot remove container", "container", id, "err", err)
 		}
 	}
@@ -319,6 +333,7 @@ func (w *podWorker) sync(ctx, watchCtx context.Context, pod *runtime.Pod) time.T
 	// status and the state.
 	if len(acts.Kill)+len(acts.Remove)+len(acts.Start) > 0 {
 		if observed, err = w.observe(ctx); err != nil {
+			w.m.syncError(stepListContainers)
 			w.log.Warn("cannot list containers", "err", err)
 			return now.Add(syncErrorRetry)
 		}
@@ -405,6 +420,10 @@ func (w *podWorker) publish(pod *runtime.Pod, acts podActions, now time.Time) ti
 	w.view = view
 	w.mu.Unlock()
 	w.setState(state)
+	if state == stateRunning {
+		w.startTrack.running(w.m, w.clock.Now())
+		w.startTrack = nil
+	}
 	return wakeAt
 }
 
@@ -435,6 +454,7 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 	sb, err := w.rt.RunSandbox(ctx, pod)
 	if err != nil {
 		if ctx.Err() == nil {
+			w.m.syncError(stepRunSandbox)
 			w.log.Warn("cannot create the pod sandbox", "err", err)
 			for _, s := range starts {
 				w.waits[s.Name] = waiting{Reason: reasonSandboxError, Message: err.Error(), Until: now.Add(syncErrorRetry)}
@@ -442,6 +462,9 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 		}
 		return
 	}
+	w.mu.Lock()
+	w.podIP = sb.IP
+	w.mu.Unlock()
 	for _, s := range starts {
 		var c *corev1.Container
 		if s.Init {
@@ -468,6 +491,7 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 			// finished by starting it.
 			if err != nil && !(errdefs.IsAlreadyExists(err) && id != "") {
 				if ctx.Err() == nil {
+					w.m.syncError(stepCreateContainer)
 					w.log.Warn("cannot create container", "container", c.Name, "err", err)
 					w.waits[c.Name] = waiting{Reason: reasonCreateError, Message: err.Error(), Until: now.Add(syncErrorRetry)}
 				}
@@ -477,12 +501,16 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 		w.putContainerRecord(c.Name, s.Record)
 		if err := w.rt.StartContainer(ctx, id); err != nil {
 			if ctx.Err() == nil {
+				w.m.syncError(stepStartContainer)
 				w.log.Warn("cannot start container", "container", c.Name, "err", err)
 				w.waits[c.Name] = waiting{Reason: reasonRunError, Message: err.Error(), Until: now.Add(syncErrorRetry)}
 			}
 			continue
 		}
 		delete(w.waits, c.Name)
+		if s.Attempt > 0 {
+			w.m.containerRestarted()
+		}
 		w.log.Info("container started", "container", c.Name, "attempt", s.Attempt)
 	}
 }
@@ -491,13 +519,22 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 // back-off. It reports whether the container can go on.
 func (w *podWorker) pullImage(ctx context.Context, c *corev1.Container, now time.Time) bool {
 	w.setState(statePulling)
-	_, err := w.rt.EnsureImage(ctx, c.Image, c.ImagePullPolicy)
+	start := w.clock.Now()
+	pulled, err := w.rt.EnsureImage(ctx, c.Image, c.ImagePullPolicy)
+	end := w.clock.Now()
+	if pulled || err != nil {
+		w.startTrack.pulled(start, end)
+	}
 	if err == nil {
+		if pulled {
+			w.m.observeImagePull(end.Sub(start))
+		}
 		return true
 	}
 	if ctx.Err() != nil {
 		return false
 	}
+	w.m.syncError(stepPullImage)
 	b := w.pulls[c.Image]
 	if b == nil || now.Sub(b.lastUpdate) > 2*pullBackOffMax {
 		b = &pullBackOff{}
@@ -578,6 +615,7 @@ func (w *podWorker) terminate(ctx context.Context, pod *runtime.Pod, reason stri
 	}
 	observed, err := w.observe(ctx)
 	if err != nil {
+		w.m.syncError(stepStopPod)
 		w.log.Warn("cannot list containers to stop", "err", err)
 		return false
 	}
@@ -589,14 +627,17 @@ func (w *podWorker) terminate(ctx context.Context, pod *runtime.Pod, reason stri
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
+		w.m.syncError(stepStopPod)
 		w.log.Warn("cannot stop containers", "err", err)
 		return false
 	}
 	if err := w.rt.RemoveSandbox(ctx, w.uid); err != nil {
+		w.m.syncError(stepStopPod)
 		w.log.Warn("cannot remove sandbox", "err", err)
 		return false
 	}
 	if err := w.st.DeletePod(w.uid); err != nil && !errdefs.IsNotFound(err) {
+		w.m.syncError(stepWriteRecord)
 		w.log.Warn("cannot delete pod record", "err", err)
 		return false
 	}
@@ -655,6 +696,7 @@ func (w *podWorker) putContainerRecord(name string, cr store.ContainerRecord) {
 
 func (w *podWorker) persist(rec store.PodRecord) {
 	if err := w.st.PutPod(rec); err != nil {
+		w.m.syncError(stepWriteRecord)
 		w.log.Warn("cannot write pod record", "err", err)
 	}
 }

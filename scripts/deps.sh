@@ -14,6 +14,7 @@ deps=(
 	iptables:/usr/sbin/iptables
 	docker-registry:/usr/bin/docker-registry
 	iproute2:/usr/sbin/ip
+	prometheus:/usr/bin/promtool
 )
 
 installed() {

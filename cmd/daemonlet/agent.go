@@ -16,9 +16,11 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/daemonlet/daemonlet/agent"
+	"github.com/daemonlet/daemonlet/api/client"
 	"github.com/daemonlet/daemonlet/runtime"
 	"github.com/daemonlet/daemonlet/store"
 )
@@ -27,8 +29,6 @@ import (
 const (
 	// imagePollPeriod is how often --images-dir is checked for new tars.
 	imagePollPeriod = 10 * time.Second
-	// readyPollPeriod is how often readiness is checked before READY=1.
-	readyPollPeriod = 200 * time.Millisecond
 	// shutdownTimeout bounds the status server's graceful shutdown.
 	shutdownTimeout = 5 * time.Second
 )
@@ -36,12 +36,17 @@ const (
 func newAgentCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Run the node agent: this node's daemon pods, from manifest files and URLs",
-		Long: `Run the node agent. It reads DaemonSet (and static Pod) manifests from
---pod-manifest-path and --manifest-url, runs on containerd the pods this node's
-labels and taints call for, and serves /healthz, /pods and /sources on the
-healthz address. SIGHUP re-reads --config (node labels and taints apply at
-once); SIGTERM stops the agent and leaves the containers running.`,
+		Short: "Run the node agent: this node's daemon pods, from the server, manifest files and URLs",
+		Long: `Run the node agent. It takes DaemonSets from --server (watched), and
+DaemonSet (and static Pod) manifests from --pod-manifest-path and
+--manifest-url, runs on containerd the pods this node's labels and taints call
+for, and serves /healthz, /pods and /sources on the healthz address. With
+--server it registers its Node, posts a heartbeat every
+--node-status-update-frequency and reports its pods; the Node's labels and
+taints on the server then rule (--node-labels and --register-with-taints apply
+only when the Node is first registered). SIGHUP re-reads --config (without a
+server, node labels and taints apply at once; other settings take a restart);
+SIGTERM stops the agent and leaves the containers running.`,
 		Args: cobra.NoArgs,
 	}
 	flags := agent.BindSettingsFlags(cmd.Flags())
@@ -95,12 +100,19 @@ func runAgent(ctx context.Context, flags *agent.SettingsFlags) error {
 	}
 	defer rt.Close()
 
+	// A private registry: only the agent's own metrics, no global state.
+	reg := prometheus.NewRegistry()
+	metrics, err := agent.NewMetrics(reg, version)
+	if err != nil {
+		return err
+	}
 	a, err := agent.New(agent.Config{
 		NodeName: settings.HostnameOverride,
 		Node:     settings.Node(),
 		Runtime:  rt,
 		Store:    db,
 		Logger:   logger,
+		Metrics:  metrics,
 	})
 	if err != nil {
 		return err
@@ -111,27 +123,31 @@ func runAgent(ctx context.Context, flags *agent.SettingsFlags) error {
 	images.importNew(ctx)
 
 	sources := settings.Sources(logger)
+	server, err := newServerSync(settings, a, logger)
+	if err != nil {
+		return err
+	}
+	if server != nil {
+		sources = append(sources, server.source)
+	}
 	names := make([]string, 0, len(sources))
 	for _, s := range sources {
 		names = append(names, s.Name())
 	}
 	if len(sources) == 0 {
-		logger.Warn("no --pod-manifest-path or --manifest-url: the agent only keeps what it ran before")
+		logger.Warn("no --server, --pod-manifest-path or --manifest-url: the agent only keeps what it ran before")
 	}
 
-	var srv *http.Server
-	if addr := settings.HealthzAddress(); addr != "" {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("healthz address: %w", err)
-		}
-		srv = &http.Server{Handler: agent.NewStatusHandler(a, sources), ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				logger.Error("status server stopped", "err", err)
-			}
-		}()
-		logger.Info("serving /healthz, /pods and /sources", "address", addr)
+	if err := reg.Register(agent.NewStateCollector(a, sources)); err != nil {
+		return fmt.Errorf("register state metrics: %w", err)
+	}
+	srv, err := serveHTTP(settings.HealthzAddress(), agent.NewStatusHandler(a, sources), "/healthz, /pods and /sources", logger)
+	if err != nil {
+		return fmt.Errorf("healthz address: %w", err)
+	}
+	metricsSrv, err := serveHTTP(settings.MetricsBindAddress, agent.NewMetricsHandler(reg, a), "/metrics, /healthz and /readyz", logger)
+	if err != nil {
+		return fmt.Errorf("metrics bind address: %w", err)
 	}
 
 	loopCtx, cancelLoops := context.WithCancel(ctx)
@@ -141,7 +157,11 @@ func runAgent(ctx context.Context, flags *agent.SettingsFlags) error {
 		wg.Go(func() { s.Run(loopCtx, updates) })
 	}
 	wg.Go(func() { images.poll(loopCtx) })
-	wg.Go(func() { notifySystemd(loopCtx, a, logger) })
+	if server != nil {
+		wg.Go(func() { server.node.Run(loopCtx) })
+		wg.Go(func() { server.reporter.Run(loopCtx) })
+	}
+	wg.Go(func() { agent.NotifySystemd(loopCtx, a, logger) })
 	reloader := agent.NewReloader(flags, settings, a.SetNode, logger)
 	wg.Go(func() { reloadOnSIGHUP(loopCtx, reloader, flags.ConfigFile(), logger) })
 
@@ -154,16 +174,86 @@ func runAgent(ctx context.Context, flags *agent.SettingsFlags) error {
 		logger.Warn("sd_notify STOPPING=1 failed", "err", err)
 	}
 	cancelLoops()
-	if srv != nil {
+	for _, s := range []*http.Server{srv, metricsSrv} {
+		if s == nil {
+			continue
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-		if err := srv.Shutdown(sctx); err != nil {
-			logger.Warn("status server shutdown", "err", err)
+		if err := s.Shutdown(sctx); err != nil {
+			logger.Warn("http server shutdown", "address", s.Addr, "err", err)
 		}
 		cancel()
 	}
 	wg.Wait()
 	logger.Info("agent stopped; containers keep running")
 	return runErr
+}
+
+// serverSync is the agent's side of the central server: the source of its
+// DaemonSets, the Node object and the Pod objects.
+type serverSync struct {
+	source   *agent.ServerSource
+	node     *agent.NodeSync
+	reporter *agent.PodReporter
+}
+
+// newServerSync builds the server's client and the three loops that use
+// it; nil without --server.
+func newServerSync(s *agent.Settings, a *agent.Agent, logger *slog.Logger) (*serverSync, error) {
+	if len(s.Servers) == 0 {
+		return nil, nil
+	}
+	var token string
+	if s.TokenFile != "" {
+		b, err := os.ReadFile(s.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	c, err := client.New(client.Config{
+		Servers:   s.Servers,
+		Token:     token,
+		CAFile:    s.CertificateAuthority,
+		UserAgent: "daemonlet-agent/" + version,
+		WarningHandler: func(w string) {
+			logger.Warn("server warning", "warning", w)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	node, err := agent.NewNodeSync(agent.NodeSyncConfig{
+		Client:    c,
+		Node:      s.Node(),
+		HostIP:    s.HostIP,
+		SetNode:   a.SetNode,
+		Frequency: s.NodeStatusUpdateFrequency.Duration,
+		// The runtime does not ask containerd its version; the name
+		// alone tells kubectl-like tools the runtime.
+		ContainerRuntimeVersion: "containerd://",
+		KubeletVersion:          "daemonlet/" + version,
+		Logger:                  logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	reporter := agent.NewPodReporter(agent.PodReporterConfig{
+		Client:  c,
+		Agent:   a,
+		HostIP:  s.HostIP,
+		NodeUID: node.UID,
+		Logger:  logger,
+	})
+	source := agent.NewServerSource(agent.ServerSourceConfig{
+		Client:     c,
+		NodeName:   s.HostnameOverride,
+		Location:   strings.Join(s.Servers, ","),
+		NodeSynced: node.Synced(),
+		PodDeleted: reporter.PodDeleted,
+		Logger:     logger,
+	})
+	return &serverSync{source: source, node: node, reporter: reporter}, nil
 }
 
 // selfPath is this binary's absolute path, symlinks resolved, for the log
@@ -179,71 +269,25 @@ func selfPath() (string, error) {
 	return filepath.Abs(exe)
 }
 
-// notifySystemd sends READY=1 once every source has reported (a set or an
-// error) and the agent's sync loop runs, then WATCHDOG=1 at half of
-// WatchdogSec for as long as the agent is healthy, so that systemd restarts
-// a hung agent. Outside systemd it returns at once.
-func notifySystemd(ctx context.Context, a *agent.Agent, logger *slog.Logger) {
-	if os.Getenv("NOTIFY_SOCKET") == "" {
-		return
+// serveHTTP serves h on addr in the background; an empty addr serves
+// nothing and returns a nil server. The listener is opened here, so that a
+// port in use fails the start instead of a goroutine.
+func serveHTTP(addr string, h http.Handler, what string, logger *slog.Logger) (*http.Server, error) {
+	if addr == "" {
+		return nil, nil
 	}
-	tick := time.NewTicker(readyPollPeriod)
-	for !agentReady(a) {
-		select {
-		case <-ctx.Done():
-			tick.Stop()
-			return
-		case <-tick.C:
-		}
-	}
-	tick.Stop()
-	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
-		logger.Warn("sd_notify READY=1 failed", "err", err)
-	}
-	interval, err := daemon.SdWatchdogEnabled(false)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		logger.Warn("systemd watchdog settings unreadable; no watchdog pings", "err", err)
-		return
+		return nil, err
 	}
-	if interval <= 0 {
-		return
-	}
-	tick = time.NewTicker(interval / 2)
-	defer tick.Stop()
-	var lastErr string
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("http server stopped", "address", addr, "err", err)
 		}
-		if err := a.Healthy(); err != nil {
-			// No ping: systemd's watchdog restarts the agent.
-			if err.Error() != lastErr {
-				logger.Error("agent unhealthy; withholding watchdog pings", "err", err)
-				lastErr = err.Error()
-			}
-			continue
-		}
-		lastErr = ""
-		if _, err := daemon.SdNotify(false, daemon.SdNotifyWatchdog); err != nil {
-			logger.Warn("sd_notify WATCHDOG=1 failed", "err", err)
-		}
-	}
-}
-
-// agentReady says the agent has heard from every source and its sync loop
-// runs.
-func agentReady(a *agent.Agent) bool {
-	if a.Healthy() != nil {
-		return false
-	}
-	for _, s := range a.Sources() {
-		if !s.Synced && s.Err == nil {
-			return false
-		}
-	}
-	return true
+	}()
+	logger.Info("serving "+what, "address", addr)
+	return srv, nil
 }
 
 // reloadOnSIGHUP re-reads the settings on every SIGHUP.

@@ -91,7 +91,10 @@ type node struct {
 	namespace string
 	bridge    string
 	addr      string
-	extraArgs []string
+	// metricsAddr is the agent's --metrics-bind-address, a free port of its
+	// own so that several agents never share kubelet-like fixed ports.
+	metricsAddr string
+	extraArgs   []string
 	// name is the node name (--hostname-override); newNode sets
 	// "e2e-node", fleet tests give each agent its own.
 	name    string
@@ -114,15 +117,16 @@ func newNode(t *testing.T, config string, extraArgs ...string) *node {
 	dir := t.TempDir()
 	n := &node{
 		t: t, ctd: ctd, bin: bin, dir: dir,
-		root:      filepath.Join(dir, "root"),
-		manifests: filepath.Join(dir, "manifests"),
-		config:    filepath.Join(dir, "config.yaml"),
-		namespace: "dle2e-" + tok,
-		bridge:    "dle2e" + tok,
-		addr:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		extraArgs: extraArgs,
-		name:      "e2e-node",
-		logFile:   filepath.Join(dir, "agent.log"),
+		root:        filepath.Join(dir, "root"),
+		manifests:   filepath.Join(dir, "manifests"),
+		config:      filepath.Join(dir, "config.yaml"),
+		namespace:   "dle2e-" + tok,
+		bridge:      "dle2e" + tok,
+		addr:        fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		metricsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		extraArgs:   extraArgs,
+		name:        "e2e-node",
+		logFile:     filepath.Join(dir, "agent.log"),
 	}
 	for _, d := range []string{n.manifests, filepath.Join(dir, "cni")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -188,6 +192,7 @@ func (n *node) start() {
 		"--node-ip", "127.0.0.1",
 		"--healthz-bind-address", host,
 		"--healthz-port", port,
+		"--metrics-bind-address", n.metricsAddr,
 		"--file-check-frequency", "1s",
 	}, n.extraArgs...)
 	log, err := os.OpenFile(n.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
