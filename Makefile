@@ -29,7 +29,9 @@ FUZZTIME ?= 20s
 FUZZ_TARGETS = \
 	./api:FuzzDecodeAndValidate \
 	./api:FuzzParseNodeLabels \
-	./api:FuzzParseTaints
+	./api:FuzzParseTaints \
+	./api/client:FuzzDecodeWatch \
+	./api/server:FuzzParseTokenFile
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
