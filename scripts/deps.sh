@@ -15,6 +15,7 @@ deps=(
 	docker-registry:/usr/bin/docker-registry
 	iproute2:/usr/sbin/ip
 	prometheus:/usr/bin/promtool
+	etcd-server:/usr/bin/etcd
 )
 
 installed() {
@@ -41,7 +42,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # policy-rc.d answering 101 ("action forbidden") keeps the packages'
-# postinst scripts from starting the system containerd or registry. An
+# postinst scripts from starting the system containerd, registry or etcd. An
 # existing policy is the administrator's: leave it as it is.
 policy=/usr/sbin/policy-rc.d
 own_policy=
