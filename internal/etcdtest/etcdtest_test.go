@@ -28,8 +28,18 @@ func TestKillRestart(t *testing.T) {
 	if err := healthy(&http.Client{Timeout: time.Second}, c.Endpoint(0)); err == nil {
 		t.Fatal("killed member 0 still answers /health")
 	}
-	if _, err := cli.Put(ctx, "/during", "2"); err != nil {
-		t.Fatalf("put with member 0 killed: %v", err)
+	// Killing the leader starts an election; a put during it may time out
+	// on the server side, so the write is retried until the two live
+	// members have a leader again.
+	for {
+		_, err := cli.Put(ctx, "/during", "2")
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("put with member 0 killed: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 
 	c.Restart(0)
