@@ -11,8 +11,12 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/daemonlet/daemonlet/api"
 )
 
 // Well-known user names and groups, as in Kubernetes.
@@ -168,6 +172,9 @@ type attributes struct {
 	namespace   string
 	name        string
 	fields      fields.Selector // list and watch only
+	// usedOnNode, for ConfigMaps and Secrets, says whether namespace/name
+	// is used on the node (Server.usedOnNode); nil for other resources.
+	usedOnNode func(node, namespace, name string) bool
 }
 
 // objectCheck is a further condition on the objects a request reads or
@@ -211,6 +218,25 @@ func authorize(u UserInfo, a attributes) (objectCheck, error) {
 				return nil, nil
 			}
 		}
+	case "configmaps", "secrets":
+		// A node reads only what a DaemonSet running on it uses: one
+		// object by name, or a list or watch narrowed to one name in its
+		// namespace. It never writes them.
+		if a.usedOnNode == nil || a.namespace == "" {
+			break
+		}
+		switch a.verb {
+		case "get":
+			if a.usedOnNode(node, a.namespace, a.name) {
+				return nil, nil
+			}
+		case "list", "watch":
+			if a.fields != nil {
+				if name, ok := a.fields.RequiresExactMatch("metadata.name"); ok && a.usedOnNode(node, a.namespace, name) {
+					return nil, nil
+				}
+			}
+		}
 	case "pods":
 		switch a.verb {
 		case "create", "update", "delete", "get":
@@ -236,4 +262,40 @@ func forbidden(u UserInfo, a attributes) error {
 	}
 	return apierrors.NewForbidden(a.res.groupResource(), a.name,
 		fmt.Errorf("User %q cannot %s resource %q in API group %q%s", u.Name, a.verb, resource, a.res.group, scope))
+}
+
+// usedOnNode says whether the ConfigMap or Secret (res) namespace/name is
+// referenced (api.ReferencedObjects) by a DaemonSet that runs on the node,
+// as Kubernetes' node authorizer allows a kubelet to read only what its
+// pods use. Pod objects do not count: a node writes its own pods, so a pod
+// it made up could otherwise name any Secret (Kubernetes refuses mirror
+// pods that reference Secrets for the same reason); an orphaned pod keeps
+// the objects its agent cached. A store failure answers false, so that it
+// denies rather than leaks.
+func (s *Server) usedOnNode(ctx context.Context, res *resource, node, namespace, name string) bool {
+	uses := func(spec *corev1.PodSpec) bool {
+		cms, secrets := api.ReferencedObjects(spec)
+		if res == s.configMaps {
+			return slices.Contains(cms, name)
+		}
+		return slices.Contains(secrets, name)
+	}
+	if kv, err := s.store.Get(ctx, s.nodes.key("", node)); err == nil {
+		if o, err := s.nodes.decode(kv); err == nil {
+			n := o.(*corev1.Node)
+			sets, _, err := s.list(ctx, s.daemonSets, namespace, nil)
+			if err != nil {
+				s.log.Warn("authorizing a node: listing daemonsets", "node", node, "error", err)
+			}
+			for _, o := range sets {
+				ds := o.(*appsv1.DaemonSet)
+				if _, runs := api.NodeShouldRunDaemonPod(n, ds); runs && uses(&ds.Spec.Template.Spec) {
+					return true
+				}
+			}
+		}
+	} else if !errdefs.IsNotFound(err) {
+		s.log.Warn("authorizing a node: reading its node", "node", node, "error", err)
+	}
+	return false
 }
