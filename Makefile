@@ -4,7 +4,7 @@
 
 GO ?= go
 
-.PHONY: build test lint deps image fuzz
+.PHONY: build test lint deps image fuzz demo demo-down
 
 build:
 	$(GO) build -o bin/daemonlet ./cmd/daemonlet
@@ -22,6 +22,16 @@ deps:
 
 image:
 	$(GO) run ./scripts/mkimage -o bin/testimage.tar
+
+# The demo, as root: a private containerd, the server, one agent and the
+# examples of deploy/examples, all under one directory (scripts/demo.sh).
+# DEMO_ARGS go to democtl, e.g. DEMO_ARGS="-dir /tmp/d -server-port 17443".
+DEMO_ARGS ?=
+demo:
+	GO=$(GO) ./scripts/demo.sh $(DEMO_ARGS)
+
+demo-down:
+	GO=$(GO) ./scripts/demo-down.sh $(DEMO_ARGS)
 
 # Each fuzz target runs for FUZZTIME; go test -fuzz takes one target at a
 # time. Seed corpora live in each package's testdata.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -47,6 +48,7 @@ type Config struct {
 // sourceState is what the agent knows of one configured source.
 type sourceState struct {
 	set         []DesiredPod
+	objects     sourceObjects
 	delivered   bool // a good update arrived (or was loaded) since start
 	err         error
 	conflicts   []string
@@ -85,6 +87,7 @@ type Agent struct {
 	sources        map[string]*sourceState
 	loadedFromDB   bool
 	workers        map[string]*podWorker // by pod UID
+	objects        *objectSet            // merged ConfigMaps and Secrets; replaced whole, never mutated
 	orphans        map[string]orphan     // by pod UID
 	lastPlan       string
 	lastConflicts  string
@@ -310,6 +313,18 @@ func (a *Agent) restore(ctx context.Context) error {
 		loaded[rec.Source] = append(loaded[rec.Source], d)
 	}
 
+	objRecs, badObjs, err := a.st.ListObjects()
+	if err != nil {
+		return fmt.Errorf("load ConfigMaps and Secrets: %w", err)
+	}
+	for key, err := range badObjs {
+		a.log.Error("ignoring unreadable ConfigMap or Secret record", "key", key, "err", err)
+	}
+	loadedObjs, objErrs := objectsFromRecords(objRecs)
+	for _, err := range objErrs {
+		a.log.Error("ignoring unreadable ConfigMap or Secret record", "err", err)
+	}
+
 	podRecs, badPods, err := a.st.ListPods()
 	if err != nil {
 		return fmt.Errorf("load pod records: %w", err)
@@ -337,6 +352,12 @@ func (a *Agent) restore(ctx context.Context) error {
 		s.set = set
 		a.loadedFromDB = true
 	}
+	for src, objs := range loadedObjs {
+		if s, ok := a.sources[src]; ok {
+			s.objects = objs
+		}
+	}
+	a.rebuildObjectsLocked()
 	for _, rec := range podRecs {
 		_, ds, _ := strings.Cut(rec.Owner, "/")
 		a.orphans[rec.UID] = orphan{
@@ -397,9 +418,19 @@ func (a *Agent) apply(u SourceUpdate) {
 		set = append(set, d)
 	}
 	now := a.clock.Now()
-	recs, err := desiredRecords(set, now)
+	objs, objErrs := checkObjects(u.Source, sourceObjects{configMaps: u.ConfigMaps, secrets: u.Secrets})
+	errs = append(errs, objErrs...)
+	// Objects are persisted before the DaemonSets that use them, so a
+	// stored pod never lacks the configuration it was delivered with.
+	objRecs, err := objectRecords(u.Source, objs, now)
 	if err == nil {
-		err = a.st.ReplaceDesired(u.Source, recs)
+		err = a.st.ReplaceObjects(u.Source, objRecs)
+	}
+	if err == nil {
+		var recs []store.DesiredRecord
+		if recs, err = desiredRecords(set, now); err == nil {
+			err = a.st.ReplaceDesired(u.Source, recs)
+		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -411,10 +442,12 @@ func (a *Agent) apply(u SourceUpdate) {
 		return
 	}
 	s.set, s.delivered, s.unpersisted = set, true, nil
+	s.objects = objs
+	a.rebuildObjectsLocked()
 	s.err = errors.Join(errs...)
 	if s.err != nil {
 		a.metrics.sourceError(u.Source)
-		a.log.Warn("source delivered invalid DaemonSets", "source", u.Source, "err", s.err)
+		a.log.Warn("source delivered invalid objects", "source", u.Source, "err", s.err)
 	}
 }
 
@@ -509,6 +542,36 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 		a.startWorkerLocked(ctx, w)
 	}
 	return wakeAt
+}
+
+// rebuildObjectsLocked merges the sources' ConfigMaps and Secrets and, when
+// the result differs, publishes it and wakes every worker so that volume
+// files are rewritten and pods waiting for an object start.
+func (a *Agent) rebuildObjectsLocked() {
+	merged := mergeObjects(a.order, a.sourceObjectsLocked())
+	if a.objects != nil && reflect.DeepEqual(merged, a.objects) {
+		return
+	}
+	a.objects = merged
+	for _, w := range a.workers {
+		w.ring()
+	}
+}
+
+// sourceObjectsLocked returns each source's objects.
+func (a *Agent) sourceObjectsLocked() map[string]sourceObjects {
+	out := make(map[string]sourceObjects, len(a.sources))
+	for name, s := range a.sources {
+		out[name] = s.objects
+	}
+	return out
+}
+
+// currentObjects returns the merged ConfigMaps and Secrets snapshot.
+func (a *Agent) currentObjects() *objectSet {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.objects
 }
 
 func (a *Agent) startWorkerLocked(ctx context.Context, w *podWorker) {

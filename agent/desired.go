@@ -27,6 +27,10 @@ import (
 type SourceUpdate struct {
 	Source     string
 	DaemonSets []*appsv1.DaemonSet
+	// ConfigMaps and Secrets are the source's full sets of the objects its
+	// pods reference; they replace the source's previous sets whole.
+	ConfigMaps []*corev1.ConfigMap
+	Secrets    []*corev1.Secret
 	Err        error
 }
 

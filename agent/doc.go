@@ -12,6 +12,23 @@
 //	      stop pod workers; the sync loop never waits on a worker
 //	worker: computePodActions (pure) → executor steps → runtime
 //
+// # ConfigMaps and Secrets
+//
+// A SourceUpdate also carries the source's full sets of ConfigMaps and
+// Secrets; they are persisted (ReplaceObjects, Secrets encrypted) before
+// the DaemonSets that use them, merged into one immutable snapshot, and
+// every worker is woken when it changes. A worker writes its pod's
+// configMap, secret and projected volumes into the sandbox's directories
+// (a tmpfs for Secrets) kubelet's atomic way (writeVolume: a timestamped
+// directory behind a "..data" symlink swapped by one rename) before the
+// first container starts, and again whenever the snapshot changes, without
+// restarting anything. Env references (configMapKeyRef, secretKeyRef,
+// envFrom) are resolved into plain values on a copy of the container at
+// each create, so they take effect at the next start; the container's spec
+// hash stays that of the template (runtime.CreatedSpecHash). A missing
+// object that is not optional holds the container in
+// CreateContainerConfigError until a snapshot brings it.
+//
 // # Pod worker state machine
 //
 // Each pod has one goroutine. Its state field is the single source of truth

@@ -36,6 +36,9 @@ type Runtime interface {
 	ListContainers(ctx context.Context) ([]runtime.Container, error)
 	// WaitExit returns a channel closed when the container's task exits.
 	WaitExit(ctx context.Context, id string) (<-chan struct{}, error)
+	// Exec runs cmd in a running container until it exits or ctx ends
+	// and returns its exit code and output; exec probes use it.
+	Exec(ctx context.Context, id string, cmd []string) (int, []byte, error)
 }
 
 // Store is what the agent needs from its node-local persistence: the
@@ -51,4 +54,9 @@ type Store interface {
 	DeletePod(uid string) error
 	// ListPods returns every pod record, plus per-key decode errors.
 	ListPods() ([]store.PodRecord, map[string]error, error)
+	// ReplaceObjects replaces the whole ConfigMap and Secret set of one
+	// source; Secrets are encrypted at rest.
+	ReplaceObjects(source string, recs []store.ObjectRecord) error
+	// ListObjects returns every stored object, plus per-key errors.
+	ListObjects() ([]store.ObjectRecord, map[string]error, error)
 }

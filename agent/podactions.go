@@ -38,6 +38,9 @@ const (
 	reasonErrImageNeverPull = "ErrImageNeverPull"
 	reasonInvalidImageName  = "InvalidImageName"
 	reasonCreateError       = "CreateContainerError"
+	// reasonCreateConfigError: a ConfigMap or Secret (or one of its keys)
+	// that the container needs is missing and not optional.
+	reasonCreateConfigError = "CreateContainerConfigError"
 	reasonRunError          = "RunContainerError"
 	reasonSandboxError      = "CreatePodSandboxError"
 	reasonCreating          = "ContainerCreating"

@@ -12,7 +12,9 @@ import (
 
 	"github.com/containerd/errdefs"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -68,20 +70,31 @@ type FileError struct {
 	Error string `json:"error"`
 }
 
-// decodeManifest decodes one manifest (a file or an HTTP body) into the
-// DaemonSets it defines, wrapping static Pods with api.StaticPodDaemonSet.
-// The manifest is taken whole or not at all (err), so that a half-valid edit
-// never removes the objects of its valid half. ConfigMap and Secret
-// documents are skipped and returned in skipped, one error each naming the
-// manifest and the document, so that a manifest bundling a DaemonSet with
-// its ConfigMap still runs the DaemonSet.
-func decodeManifest(name string, data []byte) (dss []*appsv1.DaemonSet, skipped []error, err error) {
-	data, skipped = skipUnsupportedKinds(name, data)
+// manifest is what one manifest (a file or an HTTP body) defines.
+type manifest struct {
+	daemonSets []*appsv1.DaemonSet
+	configMaps []*corev1.ConfigMap
+	secrets    []*corev1.Secret
+}
+
+// count is the number of objects the manifest defines.
+func (m manifest) count() int { return len(m.daemonSets) + len(m.configMaps) + len(m.secrets) }
+
+// decodeManifest decodes one manifest into the DaemonSets (static Pods
+// wrapped with api.StaticPodDaemonSet), ConfigMaps and Secrets it defines.
+// The manifest is taken whole or not at all, so that a half-valid edit
+// never removes the objects of its valid half.
+func decodeManifest(name string, data []byte) (manifest, error) {
+	var m manifest
+	data, err := extractObjects(name, data, &m)
+	if err != nil {
+		return manifest{}, err
+	}
 	objs, err := api.DecodeAndValidate(name, data)
 	if err != nil {
-		return nil, skipped, err
+		return manifest{}, err
 	}
-	dss = make([]*appsv1.DaemonSet, 0, len(objs))
+	m.daemonSets = make([]*appsv1.DaemonSet, 0, len(objs))
 	seen := map[string]int{}
 	for _, o := range objs {
 		var ds *appsv1.DaemonSet
@@ -91,28 +104,34 @@ func decodeManifest(name string, data []byte) (dss []*appsv1.DaemonSet, skipped 
 		case o.Pod != nil:
 			ds = api.StaticPodDaemonSet(o.Pod)
 		default:
-			return nil, skipped, fmt.Errorf("%s: document %d: neither a DaemonSet nor a Pod: %w", name, o.Doc, errdefs.ErrInvalidArgument)
+			return manifest{}, fmt.Errorf("%s: document %d: neither a DaemonSet nor a Pod: %w", name, o.Doc, errdefs.ErrInvalidArgument)
 		}
 		key := objectKey(ds)
 		if first, dup := seen[key]; dup {
-			return nil, skipped, fmt.Errorf("%s: document %d: DaemonSet %s is already defined by document %d: %w", name, o.Doc, key, first, errdefs.ErrInvalidArgument)
+			return manifest{}, fmt.Errorf("%s: document %d: DaemonSet %s is already defined by document %d: %w", name, o.Doc, key, first, errdefs.ErrInvalidArgument)
 		}
 		seen[key] = o.Doc
-		dss = append(dss, ds)
+		m.daemonSets = append(m.daemonSets, ds)
 	}
-	return dss, skipped, nil
+	return m, nil
 }
 
-// notYetSupportedKinds are the v1 kinds a manifest may hold next to its
-// DaemonSets that daemonlet will serve to pods later; until then they are
-// skipped with a report rather than failing the whole manifest.
-var notYetSupportedKinds = map[string]bool{"ConfigMap": true, "Secret": true}
+// defaultNamespace sets the default namespace on an object without one.
+func defaultNamespace(m *metav1.ObjectMeta) {
+	if m.Namespace == "" {
+		m.Namespace = metav1.NamespaceDefault
+	}
+}
 
-// skipUnsupportedKinds blanks out the documents of a not-yet-supported kind,
-// keeping the document count, so that api's errors still number documents
-// as the user wrote them. A stream it cannot split is returned unchanged for
-// api to report.
-func skipUnsupportedKinds(name string, data []byte) ([]byte, []error) {
+// extractObjects takes the v1 ConfigMap and Secret documents out of a
+// manifest into m, blanking them out (keeping the document count, so that
+// api's errors still number documents as the user wrote them) for api to
+// decode the rest. They are decoded here rather than by
+// api.DecodeAndValidate because api validates them as the server does, with
+// the namespace required (the server takes it from the path), and static
+// manifests may leave it out. A stream it cannot split is returned
+// unchanged for api to report.
+func extractObjects(name string, data []byte, m *manifest) ([]byte, error) {
 	var docs [][]byte
 	trimmed := bytes.TrimLeft(data, " \t\r\n\ufeff")
 	isJSON := len(trimmed) > 0 && trimmed[0] == '{'
@@ -139,16 +158,51 @@ func skipUnsupportedKinds(name string, data []byte) ([]byte, []error) {
 			docs = append(docs, doc)
 		}
 	}
-	var skipped []error
+	found := false
+	seen := map[string]int{}
 	for i, doc := range docs {
 		var tm metav1.TypeMeta
-		if yaml.Unmarshal(doc, &tm) != nil || tm.APIVersion != "v1" || !notYetSupportedKinds[tm.Kind] {
+		if yaml.Unmarshal(doc, &tm) != nil || tm.APIVersion != "v1" || (tm.Kind != "ConfigMap" && tm.Kind != "Secret") {
 			continue
 		}
-		skipped = append(skipped, fmt.Errorf("%s: document %d: kind %s is not yet supported; the document is skipped: %w", name, i+1, tm.Kind, errdefs.ErrNotImplemented))
-		docs[i] = []byte("# skipped: " + tm.Kind + "\n") // an empty document to api
+		where := fmt.Sprintf("%s: document %d (%s)", name, i+1, tm.Kind)
+		var meta *metav1.ObjectMeta
+		var errs field.ErrorList
+		// The namespace is defaulted first, as the server takes it from the
+		// request path; api's validation then checks what the API server
+		// checks.
+		if tm.Kind == "ConfigMap" {
+			cm := &corev1.ConfigMap{}
+			if err := yaml.UnmarshalStrict(doc, cm); err != nil {
+				return nil, fmt.Errorf("%s: %v: %w", where, err, errdefs.ErrInvalidArgument)
+			}
+			defaultNamespace(&cm.ObjectMeta)
+			errs = api.ValidateConfigMap(cm)
+			meta = &cm.ObjectMeta
+			m.configMaps = append(m.configMaps, cm)
+		} else {
+			sec := &corev1.Secret{}
+			if err := yaml.UnmarshalStrict(doc, sec); err != nil {
+				return nil, fmt.Errorf("%s: %v: %w", where, err, errdefs.ErrInvalidArgument)
+			}
+			defaultNamespace(&sec.ObjectMeta)
+			api.SetDefaultsSecret(sec)
+			errs = api.ValidateSecret(sec)
+			meta = &sec.ObjectMeta
+			m.secrets = append(m.secrets, sec)
+		}
+		if len(errs) > 0 {
+			return nil, fmt.Errorf("%s: %v: %w", where, errs.ToAggregate(), errdefs.ErrInvalidArgument)
+		}
+		id := tm.Kind + " " + meta.Namespace + "/" + meta.Name
+		if first, dup := seen[id]; dup {
+			return nil, fmt.Errorf("%s: %s is already defined by document %d: %w", where, id, first, errdefs.ErrInvalidArgument)
+		}
+		seen[id] = i + 1
+		docs[i] = []byte("# taken out: " + tm.Kind + "\n") // an empty document to api
+		found = true
 	}
-	if len(skipped) == 0 {
+	if !found {
 		return data, nil
 	}
 	// Rebuilt as YAML documents, JSON ones included (JSON is YAML), since
@@ -161,7 +215,7 @@ func skipUnsupportedKinds(name string, data []byte) ([]byte, []error) {
 			out.WriteString("\n")
 		}
 	}
-	return out.Bytes(), skipped
+	return out.Bytes(), nil
 }
 
 // objectKey is the namespace/name the agent merges sources by.

@@ -19,7 +19,6 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
-	appsv1 "k8s.io/api/apps/v1"
 )
 
 // fileDebounce lets an editor's burst of writes (truncate, write, rename)
@@ -36,7 +35,8 @@ type FileSourceConfig struct {
 	Logger *slog.Logger
 }
 
-// FileSource reads DaemonSet and static Pod manifests from a directory (or
+// FileSource reads DaemonSet and static Pod manifests, and the ConfigMaps
+// and Secrets their pods use, from a directory (or
 // one file), as kubelet's static pod path: files whose names start with '.'
 // are skipped, subdirectories are not entered, files are read in name order.
 // It reads at start, on inotify events, and every CheckFrequency as the
@@ -56,10 +56,9 @@ type FileSource struct {
 
 // fileEntry is what the source remembers of one manifest file.
 type fileEntry struct {
-	sum     [sha256.Size]byte // of the content last read
-	good    []*appsv1.DaemonSet
-	err     error   // why the content last read was rejected
-	skipped []error // its documents of a kind not yet supported
+	sum  [sha256.Size]byte // of the content last read
+	good manifest          // the objects of the last good content
+	err  error             // why the content last read was rejected
 }
 
 var _ Source = (*FileSource)(nil)
@@ -176,23 +175,19 @@ func (s *FileSource) scan() (SourceUpdate, bool) {
 			// A file being rewritten is often empty for a moment: keep
 			// its objects rather than restart them; removing the file
 			// is how to remove them.
-			e.err, e.skipped = nil, nil
-			if len(e.good) > 0 {
-				e.err = fmt.Errorf("%s: empty file; its %d previous objects are kept until it has content or is removed: %w", p, len(e.good), errdefs.ErrInvalidArgument)
+			e.err = nil
+			if n := e.good.count(); n > 0 {
+				e.err = fmt.Errorf("%s: empty file; its %d previous objects are kept until it has content or is removed: %w", p, n, errdefs.ErrInvalidArgument)
 			}
 			continue
 		}
-		dss, skipped, err := decodeManifest(p, data)
-		e.skipped = skipped
-		for _, sk := range skipped {
-			s.log.Warn("manifest document skipped", "file", p, "err", sk)
-		}
+		m, err := decodeManifest(p, data)
 		if err != nil {
 			e.err = err
-			s.log.Error("manifest rejected; keeping its previous objects", "file", p, "kept", len(e.good), "err", err)
+			s.log.Error("manifest rejected; keeping its previous objects", "file", p, "kept", e.good.count(), "err", err)
 			continue
 		}
-		e.good, e.err = dss, nil
+		e.good, e.err = m, nil
 	}
 	for p := range s.files {
 		if !present[p] {
@@ -205,32 +200,45 @@ func (s *FileSource) scan() (SourceUpdate, bool) {
 	s.report.Error = ""
 	s.report.LastSync = now
 
-	var set []*appsv1.DaemonSet
+	var set manifest
 	var fileErrs []FileError
 	owner := map[string]string{}
+	// claim records that file p defines kind key, unless an earlier file
+	// (in name order) does.
+	claim := func(p, kind, key string) bool {
+		if first, dup := owner[kind+" "+key]; dup {
+			fileErrs = append(fileErrs, FileError{File: p, Error: fmt.Sprintf("%s %s ignored: file %s already defines it", kind, key, first)})
+			return false
+		}
+		owner[kind+" "+key] = p
+		return true
+	}
 	for _, p := range slices.Sorted(maps.Keys(s.files)) {
 		e := s.files[p]
 		if e.err != nil {
 			fileErrs = append(fileErrs, FileError{File: p, Error: e.err.Error()})
 		}
-		for _, sk := range e.skipped {
-			fileErrs = append(fileErrs, FileError{File: p, Error: sk.Error()})
-		}
-		for _, ds := range e.good {
-			key := objectKey(ds)
-			if first, dup := owner[key]; dup {
-				fileErrs = append(fileErrs, FileError{File: p, Error: fmt.Sprintf("DaemonSet %s ignored: file %s already defines it", key, first)})
-				continue
+		for _, ds := range e.good.daemonSets {
+			if claim(p, "DaemonSet", objectKey(ds)) {
+				set.daemonSets = append(set.daemonSets, ds)
 			}
-			owner[key] = p
-			set = append(set, ds)
+		}
+		for _, cm := range e.good.configMaps {
+			if claim(p, "ConfigMap", metaKey(cm.ObjectMeta)) {
+				set.configMaps = append(set.configMaps, cm)
+			}
+		}
+		for _, sec := range e.good.secrets {
+			if claim(p, "Secret", metaKey(sec.ObjectMeta)) {
+				set.secrets = append(set.secrets, sec)
+			}
 		}
 	}
 	s.report.FileErrors = fileErrs
 	if changed {
 		s.sent = true
 	}
-	return SourceUpdate{Source: SourceFile, DaemonSets: set}, changed
+	return SourceUpdate{Source: SourceFile, DaemonSets: set.daemonSets, ConfigMaps: set.configMaps, Secrets: set.secrets}, changed
 }
 
 // reject records a file that could not be read; its previous objects stay.

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/daemonlet/daemonlet/api"
 )
 
 // dsYAML is a valid DaemonSet manifest document.
@@ -170,27 +173,59 @@ func TestFileSourceDuplicateAcrossFiles(t *testing.T) {
 	}
 }
 
-func TestFileSourceConfigMapNotYetSupported(t *testing.T) {
+func TestFileSourceDeliversConfigMapsAndSecrets(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "bundle.yaml")
-	writeManifest(t, p, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: conf\ndata: {a: b}\n---\n"+dsYAML("app", "busybox")+"---\n"+badDSYAML("broken"))
+	cm := "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: conf\ndata: {a: b}\n"
+	secret := "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: ops\nstringData: {token: t0k}\n"
+	writeManifest(t, p, cm+"---\n"+dsYAML("app", "busybox")+"---\n"+badDSYAML("broken"))
 	s := newTestFileSource(t, dir, time.Hour)
 	s.scan()
-	fe := s.Report().FileErrors
-	// The bad third document rejects the file; the error still numbers it
-	// as the user wrote it, and the ConfigMap is reported on its own.
-	if len(fe) != 2 || !strings.Contains(fe[0].Error, "document 3") || !strings.Contains(fe[1].Error, "document 1: kind ConfigMap is not yet supported") {
+	// The bad third document rejects the file, numbered as the user wrote it.
+	if fe := s.Report().FileErrors; len(fe) != 1 || !strings.Contains(fe[0].Error, "document 3") {
 		t.Fatalf("file errors = %+v", fe)
 	}
 
-	writeManifest(t, p, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: conf\ndata: {a: b}\n---\n"+dsYAML("app", "busybox"))
+	writeManifest(t, p, cm+"---\n"+dsYAML("app", "busybox")+"---\n"+secret)
 	u, _ := s.scan()
-	if !slices.Equal(updateNames(u), []string{"default/app"}) {
-		t.Fatalf("set = %v, want the DaemonSet next to the ConfigMap", updateNames(u))
+	if !slices.Equal(updateNames(u), []string{"default/app"}) || len(u.ConfigMaps) != 1 || len(u.Secrets) != 1 {
+		t.Fatalf("update = %v, %d ConfigMaps, %d Secrets", updateNames(u), len(u.ConfigMaps), len(u.Secrets))
 	}
-	fe = s.Report().FileErrors
-	if len(fe) != 1 || fe[0].File != p || !strings.Contains(fe[0].Error, "document 1: kind ConfigMap is not yet supported") {
+	if c := u.ConfigMaps[0]; c.Namespace != "default" || c.Name != "conf" || c.Data["a"] != "b" {
+		t.Errorf("ConfigMap = %+v", c)
+	}
+	// stringData is merged into data, as the API server does.
+	if sec := u.Secrets[0]; sec.Namespace != "ops" || string(sec.Data["token"]) != "t0k" || sec.StringData != nil || sec.Type != corev1.SecretTypeOpaque {
+		t.Errorf("Secret = %+v", sec)
+	}
+	if fe := s.Report().FileErrors; len(fe) != 0 {
 		t.Errorf("file errors = %+v", fe)
+	}
+
+	// A file of ConfigMaps only is fine; a second definition in another
+	// file is ignored and reported.
+	writeManifest(t, filepath.Join(dir, "z.yaml"), cm)
+	u, _ = s.scan()
+	if len(u.ConfigMaps) != 1 {
+		t.Errorf("ConfigMaps = %d, want 1", len(u.ConfigMaps))
+	}
+	if fe := s.Report().FileErrors; len(fe) != 1 || !strings.Contains(fe[0].Error, "ConfigMap default/conf ignored") {
+		t.Errorf("file errors = %+v", fe)
+	}
+}
+
+func TestDecodeManifestRejectsBadObjects(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata: {\"a/b\": x}\n", "data[a/b]"},
+		{"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n", "metadata.name"},
+		{"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata: {a: x}\nbinaryData: {a: eA==}\n", "binaryData[a]"},
+		{"apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nbogus: 1\n", "bogus"},
+		{"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata: {a: " + strings.Repeat("x", api.MaxObjectSize+1) + "}\n", "Too long"},
+		{"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n", "already defined by document 1"},
+	} {
+		if _, err := decodeManifest("m.yaml", []byte(tc.doc)); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("decodeManifest error = %v, want one naming %q", err, tc.want)
+		}
 	}
 }
 
@@ -293,16 +328,17 @@ func TestFileSourcePollFindsDirectoryCreatedLater(t *testing.T) {
 	}
 }
 
-func TestSourceSkipUnsupportedKindsKeepsJSONNumbering(t *testing.T) {
+func TestDecodeManifestKeepsJSONNumbering(t *testing.T) {
 	data := `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"}}
 {"apiVersion":"v1","kind":"Pod","metadata":{"name":"web"},"spec":{"containers":[{"name":"c","image":"nginx"}]}}
 {"apiVersion":"v1","kind":"Pod","metadata":{"name":"bad"},"spec":{"containers":[{"name":"c"}]}}`
-	_, skipped, err := decodeManifest("m.json", []byte(data))
-	if len(skipped) != 1 || !errdefs.IsNotImplemented(skipped[0]) || !strings.Contains(skipped[0].Error(), "m.json: document 1: kind Secret") {
-		t.Errorf("skipped = %v", skipped)
-	}
+	_, err := decodeManifest("m.json", []byte(data))
 	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "m.json: document 3: spec.containers[0].image") {
 		t.Errorf("err = %v, want document 3's missing image", err)
+	}
+	m, err := decodeManifest("m.json", []byte(data[:strings.LastIndex(data, "\n")]))
+	if err != nil || len(m.secrets) != 1 || len(m.daemonSets) != 1 {
+		t.Errorf("decodeManifest = %+v, %v; want a Secret and a static pod", m, err)
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	appsv1 "k8s.io/api/apps/v1"
 )
 
 // DefaultHTTPTimeout is kubelet's client timeout for --manifest-url.
@@ -55,10 +54,10 @@ type HTTPSource struct {
 	etag        string // of the last 200 answer
 	haveBody    bool   // a 200 answer was read
 	sum         [sha256.Size]byte
-	set         []*appsv1.DaemonSet // decoded from the last good body
-	contentErr  error               // why the last body was rejected
-	dirty       bool                // set has not been sent yet
-	lastSentErr string              // text of the error update last sent
+	set         manifest // decoded from the last good body
+	contentErr  error    // why the last body was rejected
+	dirty       bool     // set has not been sent yet
+	lastSentErr string   // text of the error update last sent
 }
 
 var _ Source = (*HTTPSource)(nil)
@@ -138,18 +137,12 @@ func (s *HTTPSource) poll(ctx context.Context) (SourceUpdate, bool) {
 		if !s.haveBody || sum != s.sum {
 			s.haveBody, s.sum = true, sum
 			s.contentErr = nil
-			var dss []*appsv1.DaemonSet
-			var skipped []error
+			var m manifest
 			if len(bytes.TrimSpace(body)) > 0 {
-				dss, skipped, s.contentErr = decodeManifest(s.url, body)
-			}
-			s.report.FileErrors = nil
-			for _, sk := range skipped {
-				s.log.Warn("manifest document skipped", "err", sk)
-				s.report.FileErrors = append(s.report.FileErrors, FileError{File: s.url, Error: sk.Error()})
+				m, s.contentErr = decodeManifest(s.url, body)
 			}
 			if s.contentErr == nil {
-				s.set, s.dirty = dss, true
+				s.set, s.dirty = m, true
 			}
 		}
 	}
@@ -161,7 +154,7 @@ func (s *HTTPSource) poll(ctx context.Context) (SourceUpdate, bool) {
 		return SourceUpdate{}, false
 	}
 	s.dirty, s.lastSentErr = false, ""
-	return SourceUpdate{Source: SourceHTTP, DaemonSets: s.set}, true
+	return SourceUpdate{Source: SourceHTTP, DaemonSets: s.set.daemonSets, ConfigMaps: s.set.configMaps, Secrets: s.set.secrets}, true
 }
 
 // failLocked records err and returns an error update unless the same error

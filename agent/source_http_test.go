@@ -170,3 +170,17 @@ func TestHTTPSourceUnreachable(t *testing.T) {
 		t.Fatalf("send=%v update=%+v, want an unavailable error", send, u)
 	}
 }
+
+func TestHTTPSourceDeliversConfigMapsAndSecrets(t *testing.T) {
+	m, srv := newManifestServer(t)
+	m.set("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: conf}\ndata: {a: b}\n---\n"+
+		"apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\ndata: {t: eA==}\n---\n"+dsYAML("a", "busybox"), "", 0)
+	s := NewHTTPSource(HTTPSourceConfig{URL: srv.URL, Logger: sourceTestLogger(t)})
+	u, send := s.poll(context.Background())
+	if !send || u.Err != nil || !slices.Equal(updateNames(u), []string{"default/a"}) {
+		t.Fatalf("poll: send=%v update=%+v", send, u)
+	}
+	if len(u.ConfigMaps) != 1 || u.ConfigMaps[0].Data["a"] != "b" || len(u.Secrets) != 1 || string(u.Secrets[0].Data["t"]) != "x" {
+		t.Errorf("objects = %+v, %+v", u.ConfigMaps, u.Secrets)
+	}
+}

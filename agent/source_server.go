@@ -83,7 +83,8 @@ type ServerSourceConfig struct {
 }
 
 // ServerSource delivers the server's DaemonSets, and the orphan pods of
-// this node as DaemonSets (see orphanDaemonSet). It lists and watches both,
+// this node as DaemonSets (see orphanDaemonSet), with the ConfigMaps and
+// Secrets they use, each watched by name. It lists and watches both,
 // resumes a broken watch from the last resourceVersion with back-off, and
 // lists anew when the server answers 410 Gone. While the server is away it
 // sends an update with Err, so that the agent keeps the last set.
@@ -103,6 +104,11 @@ type ServerSource struct {
 	errs       map[string]error // by watched resource; nil once it works
 	errSent    string           // the error text last sent, to send it once
 	report     SourceReport
+	// objs are the watches of the ConfigMaps and Secrets the set uses;
+	// runCtx and wg, set by Run, are where their goroutines run.
+	objs   map[objectRef]*objectWatch
+	runCtx context.Context
+	wg     *sync.WaitGroup
 }
 
 var _ Source = (*ServerSource)(nil)
@@ -122,6 +128,7 @@ func NewServerSource(cfg ServerSourceConfig) *ServerSource {
 		dss:    map[string]*appsv1.DaemonSet{},
 		pods:   map[string]*corev1.Pod{},
 		errs:   map[string]error{},
+		objs:   map[objectRef]*objectWatch{},
 		report: SourceReport{Name: SourceServer, Location: cfg.Location},
 	}
 }
@@ -139,6 +146,9 @@ func (s *ServerSource) Report() SourceReport {
 // Run watches the server until ctx ends.
 func (s *ServerSource) Run(ctx context.Context, updates chan<- SourceUpdate) {
 	var wg sync.WaitGroup
+	s.mu.Lock()
+	s.runCtx, s.wg = ctx, &wg
+	s.mu.Unlock()
 	dsClient := s.cfg.Client.DaemonSets(metav1.NamespaceAll)
 	wg.Go(func() {
 		runListWatch(ctx, s.log, listWatch[appsv1.DaemonSet]{
@@ -324,9 +334,16 @@ func (s *ServerSource) next() (SourceUpdate, bool) {
 		return SourceUpdate{}, false
 	}
 	set := s.setLocked()
+	s.watchObjectsLocked(referencedObjects(set))
+	if !s.objectsTriedLocked() {
+		// Sent once every object was fetched (or failed), so that no pod
+		// starts without an object that is merely on its way.
+		return SourceUpdate{}, false
+	}
+	cms, secrets := s.objectsLocked()
 	s.dirty, s.dsDeleted, s.errSent = false, false, ""
 	s.report.LastAttempt, s.report.LastSync, s.report.Error = now, now, ""
-	return SourceUpdate{Source: SourceServer, DaemonSets: set}, true
+	return SourceUpdate{Source: SourceServer, DaemonSets: set, ConfigMaps: cms, Secrets: secrets}, true
 }
 
 // setLocked is the full set: the server's DaemonSets, then one DaemonSet

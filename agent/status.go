@@ -21,8 +21,8 @@ type PodStatus struct {
 	// Running, BackOff, Terminating).
 	State string
 	// Ready and Total give kubectl's READY column (Ready/Total) over the
-	// app containers; a container without a readiness probe is ready
-	// while it runs.
+	// app containers; a running container is ready once its startup
+	// probe (if any) and its readiness probe (if any) succeeded.
 	Ready    int
 	Total    int
 	Restarts int

@@ -83,8 +83,11 @@ type podWorker struct {
 	log    *slog.Logger
 	m      *Metrics
 	onDone func(*podWorker) // called once the pod is gone
-	bell   chan struct{}    // coalescing doorbell, capacity 1
-	exited chan struct{}    // closed when run returns
+	// objects returns the agent's current ConfigMaps and Secrets.
+	objects func() *objectSet
+	bell    chan struct{} // coalescing doorbell, capacity 1
+	exited  chan struct{} // closed when run returns
+	probes  *podProber    // the containers' probes; rings bell on a change
 
 	mu         sync.Mutex // guards the fields down to the blank line
 	pod        *runtime.Pod
@@ -103,6 +106,9 @@ type podWorker struct {
 	lastActs    string
 	stopBackOff time.Duration
 	startTrack  *podStartTracker // nil once observed, or for adopted pods
+	lastObjs    *objectSet       // the objects snapshot of the current pass
+	written     *objectSet       // the snapshot the volume files were last written from
+	volumeErr   string           // the last refresh error logged, to log each once
 }
 
 // podView is the last status the worker computed, for Pods().
@@ -122,6 +128,7 @@ func newPodWorker(a *Agent, uid string, pod *runtime.Pod, id podIdentity, rec st
 		log:      a.log.With("pod", id.Namespace+"/"+id.Name, "uid", uid),
 		m:        a.metrics,
 		onDone:   a.workerDone,
+		objects:  a.currentObjects,
 		bell:     make(chan struct{}, 1),
 		exited:   make(chan struct{}),
 		pod:      pod,
@@ -131,6 +138,7 @@ func newPodWorker(a *Agent, uid string, pod *runtime.Pod, id podIdentity, rec st
 		waits:    map[string]waiting{},
 		pulls:    map[string]*pullBackOff{},
 	}
+	w.probes = newPodProber(a.rt, a.clock, w.log, w.ring)
 	// A pod without a record is new to this node (kubelet's tracker
 	// likewise skips pods that already have a start time).
 	if pod != nil && rec.UID == "" {
@@ -212,6 +220,7 @@ func (w *podWorker) run(ctx context.Context) {
 	defer close(w.exited)
 	watchCtx, cancelWatch := context.WithCancel(ctx)
 	defer cancelWatch()
+	defer w.probes.stopAll()
 	for {
 		var wakeAt time.Time
 		workCtx, done, pod, stop := w.begin(ctx)
@@ -298,7 +307,29 @@ func (w *podWorker) sync(ctx, watchCtx context.Context, pod *runtime.Pod) time.T
 	// knows the pod and its age.
 	w.ensureRecord(pod, now)
 
-	// Step 3: plan.
+	// Step 2b: new ConfigMaps or Secrets lift the config errors at once
+	// and rewrite the volume files of a pod that runs, without a restart.
+	if objs := w.objects(); objs != w.lastObjs {
+		w.lastObjs = objs
+		for name, wt := range w.waits {
+			if wt.Reason == reasonCreateConfigError {
+				delete(w.waits, name)
+			}
+		}
+	}
+	if w.written != w.lastObjs && len(observed) > 0 && projectsVolumes(pod.Spec) {
+		w.refreshVolumes(ctx, pod, now)
+	}
+
+	// Step 3: stop the containers whose liveness or startup probe failed,
+	// then plan: the plan restarts them under the crash back-off.
+	if w.stopUnhealthy(ctx, pod, observed) {
+		if observed, err = w.observe(ctx); err != nil {
+			w.m.syncError(stepListContainers)
+			w.log.Warn("cannot list containers", "err", err)
+			return now.Add(syncErrorRetry)
+		}
+	}
 	name := pod.Namespace + "/" + pod.Name
 	acts := computePodActions(name, pod.Spec, observed, w.containerRecords(), now)
 	if s := acts.String(); s != w.lastActs {
@@ -339,11 +370,14 @@ func (w *podWorker) sync(ctx, watchCtx context.Context, pod *runtime.Pod) time.T
 		}
 		acts = computePodActions(name, pod.Spec, observed, w.containerRecords(), now)
 	}
+	running := false
 	for _, c := range acts.Latest {
 		if c.State == runtime.StateRunning {
 			w.watch(watchCtx, c.ID)
+			running = true
 		}
 	}
+	w.probes.update(watchCtx, pod.Spec, acts.Latest, w.probeHost(ctx, pod, running))
 	return w.publish(pod, acts, now)
 }
 
@@ -384,7 +418,7 @@ func (w *podWorker) publish(pod *runtime.Pod, acts podActions, now time.Time) ti
 			cs.State, cs.Reason, cs.Message = "Waiting", reasonCrashLoopBackOff, cw.Message
 		case ok && l.State == runtime.StateRunning:
 			cs.State = "Running"
-			cs.Ready = !init && c.ReadinessProbe == nil
+			cs.Ready = !init && w.probes.ready(c, l.ID)
 		case ok && l.State == runtime.StateExited:
 			cs.State, cs.Reason = "Terminated", l.Reason
 		default:
@@ -465,6 +499,16 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 	w.mu.Lock()
 	w.podIP = sb.IP
 	w.mu.Unlock()
+	// Volume files come before any container, as kubelet mounts volumes
+	// before it starts the pod; a missing object holds every container.
+	if err := projectVolumes(pod, sb, w.lastObjs, now); err != nil {
+		w.log.Warn("cannot fill the pod's ConfigMap and Secret volumes", "err", err)
+		for _, s := range starts {
+			w.waits[s.Name] = waiting{Reason: reasonCreateConfigError, Message: err.Error(), Until: now.Add(syncErrorRetry)}
+		}
+		return
+	}
+	w.written = w.lastObjs
 	for _, s := range starts {
 		var c *corev1.Container
 		if s.Init {
@@ -486,7 +530,16 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 		w.setState(stateStarting)
 		id := s.ExistingID
 		if id == "" {
-			id, err = w.rt.CreateContainer(ctx, pod, sb, c, s.Attempt, s.Init)
+			resolved, skipped, err := resolveEnv(c, pod.Namespace, w.lastObjs)
+			if err != nil {
+				w.log.Warn("cannot resolve the container's environment", "container", c.Name, "err", err)
+				w.waits[c.Name] = waiting{Reason: reasonCreateConfigError, Message: err.Error(), Until: now.Add(syncErrorRetry)}
+				continue
+			}
+			if len(skipped) > 0 {
+				w.log.Warn("envFrom keys skipped: not valid environment variable names", "container", c.Name, "keys", skipped)
+			}
+			id, err = w.rt.CreateContainer(ctx, pod, sb, resolved, s.Attempt, s.Init)
 			// A create that an earlier agent made before it died is
 			// finished by starting it.
 			if err != nil && !(errdefs.IsAlreadyExists(err) && id != "") {
@@ -513,6 +566,24 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 		}
 		w.log.Info("container started", "container", c.Name, "attempt", s.Attempt)
 	}
+}
+
+// refreshVolumes rewrites the ConfigMap and Secret volume files of a pod
+// whose sandbox exists; a failure is retried at the next pass.
+func (w *podWorker) refreshVolumes(ctx context.Context, pod *runtime.Pod, now time.Time) {
+	sb, err := w.rt.RunSandbox(ctx, pod)
+	if err == nil {
+		err = projectVolumes(pod, sb, w.lastObjs, now)
+	}
+	if err != nil {
+		// Retried every pass, logged once per distinct error.
+		if err.Error() != w.volumeErr {
+			w.log.Warn("cannot refresh the pod's ConfigMap and Secret volumes; the files keep their last content", "err", err)
+			w.volumeErr = err.Error()
+		}
+		return
+	}
+	w.written, w.volumeErr = w.lastObjs, ""
 }
 
 // pullImage makes the container's image present, under kubelet's pull

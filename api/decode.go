@@ -21,8 +21,8 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 )
 
-// Object is one object decoded from a manifest; exactly one of DaemonSet and
-// Pod is set.
+// Object is one object decoded from a manifest; exactly one of DaemonSet,
+// Pod, ConfigMap and Secret is set.
 type Object struct {
 	// Doc is the 1-based number of the document of the source that held the
 	// object (several objects share it when the document is a List).
@@ -31,6 +31,10 @@ type Object struct {
 	DaemonSet *appsv1.DaemonSet
 	// Pod is set for a v1 (static) Pod.
 	Pod *corev1.Pod
+	// ConfigMap is set for a v1 ConfigMap.
+	ConfigMap *corev1.ConfigMap
+	// Secret is set for a v1 Secret.
+	Secret *corev1.Secret
 }
 
 // ManifestError is one problem in one document of a manifest source, worded
@@ -76,12 +80,15 @@ type decoded struct {
 	prefix string
 	ds     *appsv1.DaemonSet
 	pod    *corev1.Pod
+	cm     *corev1.ConfigMap
+	secret *corev1.Secret
 }
 
 // Decode strictly decodes every document of a YAML ("---" separated) or JSON
-// stream into DaemonSets and Pods. A document may also be a v1 List, PodList
-// or apps/v1 DaemonSetList. Empty documents are skipped. Unknown and duplicated
-// fields, and any kind other than apps/v1 DaemonSet and v1 Pod, are errors;
+// stream into DaemonSets, Pods, ConfigMaps and Secrets. A document may also be
+// a v1 List, PodList, ConfigMapList, SecretList or apps/v1 DaemonSetList.
+// Empty documents are skipped. Unknown and duplicated fields, and any kind
+// other than apps/v1 DaemonSet and v1 Pod, ConfigMap and Secret, are errors;
 // the returned error joins one ManifestError per problem, naming the source,
 // the document and the field path. Objects are neither defaulted nor
 // validated; see DecodeAndValidate.
@@ -99,9 +106,16 @@ func Decode(source string, data []byte) ([]Object, error) {
 // returned with it, for callers that apply what is valid.
 func DecodeAndValidate(source string, data []byte) ([]Object, error) {
 	return collect(source, data, func(o decoded) field.ErrorList {
-		if o.ds != nil {
+		switch {
+		case o.ds != nil:
 			SetDefaultsDaemonSet(o.ds)
 			return ValidateDaemonSet(o.ds)
+		case o.cm != nil:
+			SetDefaultsConfigMap(o.cm)
+			return ValidateConfigMap(o.cm)
+		case o.secret != nil:
+			SetDefaultsSecret(o.secret)
+			return ValidateSecret(o.secret)
 		}
 		SetDefaultsPod(o.pod)
 		return ValidatePod(o.pod)
@@ -127,7 +141,7 @@ func collect(source string, data []byte, check func(decoded) field.ErrorList) ([
 					bad = true
 				}
 			}
-			docObjs = append(docObjs, Object{Doc: d.num, DaemonSet: o.ds, Pod: o.pod})
+			docObjs = append(docObjs, Object{Doc: d.num, DaemonSet: o.ds, Pod: o.pod, ConfigMap: o.cm, Secret: o.secret})
 		}
 		if !bad {
 			objs = append(objs, docObjs...)
@@ -257,6 +271,8 @@ var listKinds = map[[2]string][2]string{
 	{"v1", "List"}:               {"", ""},
 	{"v1", "PodList"}:            {"v1", "Pod"},
 	{"apps/v1", "DaemonSetList"}: {"apps/v1", "DaemonSet"},
+	{"v1", "ConfigMapList"}:      {"v1", "ConfigMap"},
+	{"v1", "SecretList"}:         {"v1", "Secret"},
 }
 
 // listFields are the fields a List document may have.
@@ -291,17 +307,29 @@ func decodeJSONDocument(data []byte, prefix string) ([]decoded, []problem) {
 			return nil, probs
 		}
 		return []decoded{{prefix: prefix, pod: pod}}, nil
+	case apiVersion == "v1" && kind == "ConfigMap":
+		cm := &corev1.ConfigMap{}
+		if probs := decodeTyped(data, cm, generic, prefix); len(probs) > 0 {
+			return nil, probs
+		}
+		return []decoded{{prefix: prefix, cm: cm}}, nil
+	case apiVersion == "v1" && kind == "Secret":
+		secret := &corev1.Secret{}
+		if probs := decodeTyped(data, secret, generic, prefix); len(probs) > 0 {
+			return nil, probs
+		}
+		return []decoded{{prefix: prefix, secret: secret}}, nil
 	}
 	itemDefault, isList := listKinds[[2]string{apiVersion, kind}]
 	switch {
 	case isList && prefix == "":
 		return decodeList(generic, itemDefault)
 	case apiVersion == "":
-		return nil, []problem{{field: joinPath(prefix, "apiVersion"), detail: "Required value: expected apps/v1 (DaemonSet) or v1 (Pod)"}}
+		return nil, []problem{{field: joinPath(prefix, "apiVersion"), detail: "Required value: expected apps/v1 (DaemonSet) or v1 (Pod, ConfigMap, Secret)"}}
 	case kind == "":
-		return nil, []problem{{field: joinPath(prefix, "kind"), detail: "Required value: expected DaemonSet or Pod"}}
+		return nil, []problem{{field: joinPath(prefix, "kind"), detail: "Required value: expected DaemonSet, Pod, ConfigMap or Secret"}}
 	default:
-		return nil, []problem{{field: prefix, detail: fmt.Sprintf("unsupported object apiVersion %q, kind %q: expected apps/v1 DaemonSet or v1 Pod", apiVersion, kind)}}
+		return nil, []problem{{field: prefix, detail: fmt.Sprintf("unsupported object apiVersion %q, kind %q: expected apps/v1 DaemonSet or v1 Pod, ConfigMap or Secret", apiVersion, kind)}}
 	}
 }
 

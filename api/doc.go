@@ -15,7 +15,10 @@
 //     timing;
 //   - ParseNodeLabels / ParseTaints / NewNode: the node's self-description
 //     from kubelet-style flags;
-//   - TemplateHash: the controller-revision-hash of a pod template.
+//   - TemplateHash: the controller-revision-hash of a pod template;
+//   - SetDefaults/Validate(Update) of ConfigMaps and Secrets, and
+//     ReferencedObjects: which of them a pod spec needs (what a node may
+//     read, and what an agent must fetch).
 //
 // The package imports no other daemonlet package, so every other package may
 // depend on it.

@@ -45,6 +45,14 @@ func FuzzDecodeAndValidate(f *testing.F) {
 				if errs := ValidatePod(o.Pod); len(errs) != 0 {
 					t.Fatalf("accepted an invalid Pod: %v", errs)
 				}
+			case o.ConfigMap != nil:
+				if errs := ValidateConfigMap(o.ConfigMap); len(errs) != 0 {
+					t.Fatalf("accepted an invalid ConfigMap: %v", errs)
+				}
+			case o.Secret != nil:
+				if errs := ValidateSecret(o.Secret); len(errs) != 0 {
+					t.Fatalf("accepted an invalid Secret: %v", errs)
+				}
 			default:
 				t.Fatalf("document %d decoded to nothing", o.Doc)
 			}

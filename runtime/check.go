@@ -84,12 +84,22 @@ func CheckPodSpec(spec *corev1.PodSpec) field.ErrorList {
 	return errs
 }
 
-// checkVolume accepts hostPath and emptyDir (not backed by huge pages)
+// checkVolume accepts hostPath, emptyDir (not backed by huge pages),
+// configMap, secret and projected (of configMap and secret sources only)
 // volumes and names the source of any other.
 func checkVolume(v *corev1.Volume, fp *field.Path) field.ErrorList {
 	switch {
-	case v.HostPath != nil:
+	case v.HostPath != nil, v.ConfigMap != nil, v.Secret != nil:
 		return nil
+	case v.Projected != nil:
+		var errs field.ErrorList
+		for i, s := range v.Projected.Sources {
+			if s.ConfigMap == nil && s.Secret == nil {
+				errs = append(errs, field.Forbidden(fp.Child("projected", "sources").Index(i),
+					"only configMap and secret projections are supported by daemonlet"))
+			}
+		}
+		return errs
 	case v.EmptyDir != nil:
 		if v.EmptyDir.Medium != corev1.StorageMediumDefault && v.EmptyDir.Medium != corev1.StorageMediumMemory {
 			return field.ErrorList{field.NotSupported(fp.Child("emptyDir", "medium"), v.EmptyDir.Medium,
@@ -102,10 +112,10 @@ func checkVolume(v *corev1.Volume, fp *field.Path) field.ErrorList {
 	for i := 0; i < src.NumField(); i++ {
 		if f := src.Field(i); f.Kind() == reflect.Pointer && !f.IsNil() {
 			name, _, _ := strings.Cut(src.Type().Field(i).Tag.Get("json"), ",")
-			return field.ErrorList{field.Forbidden(fp.Child(name), name+" volumes are not supported by daemonlet (hostPath and emptyDir are)")}
+			return field.ErrorList{field.Forbidden(fp.Child(name), name+" volumes are not supported by daemonlet (hostPath, emptyDir, configMap, secret and projected are)")}
 		}
 	}
-	return field.ErrorList{field.Required(fp, "a volume source (hostPath or emptyDir) is required")}
+	return field.ErrorList{field.Required(fp, "a volume source (hostPath, emptyDir, configMap, secret or projected) is required")}
 }
 
 // checkAppArmor accepts the RuntimeDefault and Unconfined profiles.
@@ -123,8 +133,10 @@ func checkContainer(c *corev1.Container, fp *field.Path) field.ErrorList {
 	unsupported := func(p *field.Path, what string) {
 		errs = append(errs, field.Forbidden(p, what+" is not supported by daemonlet"))
 	}
-	if len(c.EnvFrom) > 0 {
-		unsupported(fp.Child("envFrom"), "envFrom")
+	for i, e := range c.EnvFrom {
+		if e.ConfigMapRef == nil && e.SecretRef == nil {
+			errs = append(errs, field.Required(fp.Child("envFrom").Index(i), "a configMapRef or a secretRef is required"))
+		}
 	}
 	for i, e := range c.Env {
 		if e.ValueFrom == nil {
@@ -132,10 +144,9 @@ func checkContainer(c *corev1.Container, fp *field.Path) field.ErrorList {
 		}
 		vp := fp.Child("env").Index(i).Child("valueFrom")
 		switch vf := e.ValueFrom; {
-		case vf.ConfigMapKeyRef != nil:
-			unsupported(vp.Child("configMapKeyRef"), "configMapKeyRef")
-		case vf.SecretKeyRef != nil:
-			unsupported(vp.Child("secretKeyRef"), "secretKeyRef")
+		case vf.ConfigMapKeyRef != nil, vf.SecretKeyRef != nil:
+			// Resolved by the agent into plain values before the container
+			// is created.
 		case vf.FileKeyRef != nil:
 			unsupported(vp.Child("fileKeyRef"), "fileKeyRef")
 		case vf.FieldRef != nil:

@@ -26,6 +26,11 @@ func TestCheckPodSpecAcceptsSupported(t *testing.T) {
 		Volumes: []corev1.Volume{
 			{Name: "h", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/log", Type: &dirType}}},
 			{Name: "e", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}},
+			{Name: "cm", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "c"}}}},
+			{Name: "s", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "s"}}},
+			{Name: "p", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+				{ConfigMap: &corev1.ConfigMapProjection{}}, {Secret: &corev1.SecretProjection{}},
+			}}}},
 		},
 		InitContainers: []corev1.Container{{Name: "init", Image: "i"}},
 		Containers: []corev1.Container{{
@@ -35,7 +40,10 @@ func TestCheckPodSpecAcceptsSupported(t *testing.T) {
 				{Name: "B", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['x']"}}},
 				{Name: "C", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIPs"}}},
 				{Name: "D", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.ephemeral-storage"}}},
+				{Name: "E", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{Key: "k"}}},
+				{Name: "F", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{Key: "k"}}},
 			},
+			EnvFrom:                []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{}}, {Prefix: "S_", SecretRef: &corev1.SecretEnvSource{}}},
 			Resources:              corev1.ResourceRequirements{Limits: rl("cpu", "1", "memory", "1Gi", "ephemeral-storage", "1Gi")},
 			Lifecycle:              &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"x"}}}, PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 1}}},
 			LivenessProbe:          &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/"}}},
@@ -67,10 +75,10 @@ func TestCheckPodSpecNamesFields(t *testing.T) {
 		want string
 	}{
 		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{NFS: &corev1.NFSVolumeSource{}})}, "spec.volumes[1].nfs"},
-		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{}})}, "spec.volumes[1].configMap"},
-		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{}})}, "spec.volumes[1].secret"},
-		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}})}, "spec.volumes[1].projected"},
 		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{}})}, "spec.volumes[1].downwardAPI"},
+		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+			{ConfigMap: &corev1.ConfigMapProjection{}}, {DownwardAPI: &corev1.DownwardAPIProjection{}},
+		}}})}, "spec.volumes[1].projected.sources[1]"},
 		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{}})}, "spec.volumes[1].persistentVolumeClaim"},
 		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{})}, "spec.volumes[1]"},
 		{corev1.PodSpec{Volumes: vol(corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumHugePages}})}, "spec.volumes[1].emptyDir.medium"},
@@ -88,13 +96,7 @@ func TestCheckPodSpecNamesFields(t *testing.T) {
 		{corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "vm.swappiness"}}}}, "spec.securityContext.sysctls[0].name"},
 		{corev1.PodSpec{HostNetwork: true, SecurityContext: &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "net.core.somaxconn"}}}}, "spec.securityContext.sysctls[0].name"},
 		{corev1.PodSpec{HostIPC: true, SecurityContext: &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "kernel.msgmax"}}}}, "spec.securityContext.sysctls[0].name"},
-		{corev1.PodSpec{Containers: c(func(c *corev1.Container) { c.EnvFrom = []corev1.EnvFromSource{{}} })}, "spec.containers[0].envFrom"},
-		{corev1.PodSpec{Containers: c(func(c *corev1.Container) {
-			c.Env = []corev1.EnvVar{{Name: "a", Value: "b"}, {Name: "x", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{Optional: ptr(true)}}}}
-		})}, "spec.containers[0].env[1].valueFrom.configMapKeyRef"},
-		{corev1.PodSpec{Containers: c(func(c *corev1.Container) {
-			c.Env = []corev1.EnvVar{{Name: "x", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{}}}}
-		})}, "spec.containers[0].env[0].valueFrom.secretKeyRef"},
+		{corev1.PodSpec{Containers: c(func(c *corev1.Container) { c.EnvFrom = []corev1.EnvFromSource{{Prefix: "p"}} })}, "spec.containers[0].envFrom[0]"},
 		{corev1.PodSpec{Containers: c(func(c *corev1.Container) {
 			c.Env = []corev1.EnvVar{{Name: "x", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}}}
 		})}, "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath"},

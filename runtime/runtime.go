@@ -166,7 +166,7 @@ func (r *Runtime) CreateContainer(ctx context.Context, pod *Pod, sb *Sandbox, c 
 		LabelContainerName: c.Name,
 		LabelAttempt:       strconv.Itoa(attempt),
 		LabelInit:          strconv.FormatBool(init),
-		LabelSpecHash:      ContainerSpecHash(c),
+		LabelSpecHash:      CreatedSpecHash(pod, c),
 		labelLogPath:       logPath,
 		labelStopSignal:    imgSpec.Config.StopSignal,
 	}

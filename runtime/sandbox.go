@@ -27,7 +27,9 @@ import (
 //	                 bind mounts of the pod's namespaces (absent for the
 //	                 host's: hostNetwork has no net and uts, hostIPC no ipc)
 //	hosts, resolv.conf, hostname
-//	volumes/<name>   emptyDir volumes (a tmpfs mount for medium Memory)
+//	volumes/<name>   emptyDir volumes (a tmpfs mount for medium Memory), and
+//	                 configMap, secret and projected volumes that the agent
+//	                 fills (a tmpfs mount when they hold Secrets)
 //
 // ensure makes the directory from nothing each time it finds no live record;
 // before that it tears down whatever a previous attempt left, so a crash at
@@ -42,8 +44,8 @@ const (
 type sandboxRecord struct {
 	Sandbox Sandbox          `json:"sandbox"`
 	Ports   []cniPortMapping `json:"ports,omitempty"`
-	// Tmpfs lists the memory-backed emptyDirs: after a reboot their
-	// directories remain but the tmpfs is gone.
+	// Tmpfs lists the memory-backed emptyDirs and the volumes holding
+	// Secrets: after a reboot their directories remain but the tmpfs is gone.
 	Tmpfs []string `json:"tmpfs,omitempty"`
 }
 
@@ -250,10 +252,22 @@ func (s *sandboxes) create(ctx context.Context, pod *Pod, dir string) (*Sandbox,
 // makeEmptyDirs creates the pod's emptyDir volumes world-writable, as
 // kubelet does, so that containers running as any user can use them; a
 // medium Memory volume is a tmpfs, limited to its sizeLimit when it has one.
-// It returns the paths of the tmpfs volumes.
+// It also prepares the directories of the volumes the agent fills from
+// ConfigMaps and Secrets (makeObjectVolume). It returns the paths of the
+// tmpfs volumes.
 func makeEmptyDirs(sb *Sandbox, volumes []corev1.Volume) ([]string, error) {
 	var tmpfs []string
 	for _, v := range volumes {
+		if projectsObjects(&v.VolumeSource) {
+			path, err := makeObjectVolume(sb, &v)
+			if err != nil {
+				return nil, err
+			}
+			if path != "" {
+				tmpfs = append(tmpfs, path)
+			}
+			continue
+		}
 		ed := v.EmptyDir
 		if ed == nil {
 			continue
@@ -282,6 +296,52 @@ func makeEmptyDirs(sb *Sandbox, volumes []corev1.Volume) ([]string, error) {
 		}
 	}
 	return tmpfs, nil
+}
+
+// projectsObjects says whether a volume is filled by the agent from
+// ConfigMaps and Secrets (configMap, secret and projected volumes).
+func projectsObjects(src *corev1.VolumeSource) bool {
+	return src.ConfigMap != nil || src.Secret != nil || src.Projected != nil
+}
+
+// holdsSecrets says whether a volume gets Secret data, which must live on
+// tmpfs and never reach the node's disk, as kubelet's secret volumes do.
+func holdsSecrets(src *corev1.VolumeSource) bool {
+	if src.Secret != nil {
+		return true
+	}
+	if src.Projected != nil {
+		for _, p := range src.Projected.Sources {
+			if p.Secret != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// makeObjectVolume creates the directory of a configMap, secret or
+// projected volume, which the agent fills (Sandbox.VolumePath); a volume
+// holding Secrets is a tmpfs, whose path it returns.
+func makeObjectVolume(sb *Sandbox, v *corev1.Volume) (string, error) {
+	path := sb.VolumePath(v.Name)
+	if filepath.Dir(path) != filepath.Join(sb.Dir, sandboxVolumes) {
+		return "", fmt.Errorf("volume name %q: %w", v.Name, errdefs.ErrInvalidArgument)
+	}
+	if err := os.Mkdir(path, 0o755); err != nil {
+		return "", fmt.Errorf("volume %s: %w", v.Name, err)
+	}
+	if !holdsSecrets(&v.VolumeSource) {
+		return "", nil
+	}
+	if err := mountTmpfs(path, ""); err != nil {
+		return "", fmt.Errorf("volume %s: %w", v.Name, err)
+	}
+	// tmpfs's root is 1777; the agent alone writes here, containers read.
+	if err := os.Chmod(path, 0o755); err != nil {
+		return "", fmt.Errorf("volume %s: %w", v.Name, err)
+	}
+	return path, nil
 }
 
 // writeFiles writes the pod's hostname, hosts and resolv.conf.

@@ -499,6 +499,48 @@ func TestSandboxHostNetwork(t *testing.T) {
 	e.assertGone(t, sb)
 }
 
+// TestSandboxObjectVolumes checks the directories the agent fills from
+// ConfigMaps and Secrets: a plain directory for a ConfigMap, a tmpfs for a
+// Secret and for a projected volume with a Secret source, so that Secrets
+// never reach the disk; removal unmounts them.
+func TestSandboxObjectVolumes(t *testing.T) {
+	e := newSandboxEnv(t)
+	ctx := context.Background()
+	pod := &Pod{
+		UID: "uid-objvol-" + e.tok, Name: "objvol", Namespace: "default",
+		Spec: &corev1.PodSpec{HostNetwork: true, DNSPolicy: corev1.DNSClusterFirstWithHostNet, Volumes: []corev1.Volume{
+			{Name: "conf", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "c"}}}},
+			{Name: "creds", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "s"}}},
+			{Name: "mixed", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+				{ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "c"}}},
+				{Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "s"}}},
+			}}}},
+		}},
+	}
+	sb, err := e.s.ensure(ctx, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.VolumePath("conf") != sb.EmptyDirPath("conf") {
+		t.Errorf("VolumePath %s differs from EmptyDirPath %s", sb.VolumePath("conf"), sb.EmptyDirPath("conf"))
+	}
+	if st, err := os.Stat(sb.VolumePath("conf")); err != nil || !st.IsDir() || st.Mode().Perm() != 0o755 || mountAt(t, sb.VolumePath("conf")) != nil {
+		t.Errorf("configMap volume: %v, %v; want a plain 0755 directory", st, err)
+	}
+	for _, name := range []string{"creds", "mixed"} {
+		if m := mountAt(t, sb.VolumePath(name)); m == nil || m.FSType != "tmpfs" {
+			t.Errorf("volume %s mount %+v, want a tmpfs", name, m)
+		}
+		if st, err := os.Stat(sb.VolumePath(name)); err != nil || st.Mode().Perm() != 0o755 {
+			t.Errorf("volume %s: %v, %v; want mode 0755", name, st, err)
+		}
+	}
+	if err := e.s.remove(ctx, pod.UID); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(t, sb)
+}
+
 func TestSandboxFailedCNIAddLeavesNothing(t *testing.T) {
 	e := newSandboxEnv(t)
 	ctx := context.Background()

@@ -224,3 +224,17 @@ func ContainerSpecHash(c *corev1.Container) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }
+
+// CreatedSpecHash is the spec hash label of container c created for pod: the
+// hash of the pod spec's container of that name, not of c, because the agent
+// passes c with its ConfigMap and Secret references resolved into values, and
+// a changed ConfigMap must not look like a changed spec (kubelet restarts no
+// container for it). A c the spec does not hold is hashed itself.
+func CreatedSpecHash(pod *Pod, c *corev1.Container) string {
+	if pod != nil && pod.Spec != nil {
+		if sc := findContainer(pod.Spec, c.Name); sc != nil {
+			return ContainerSpecHash(sc)
+		}
+	}
+	return ContainerSpecHash(c)
+}

@@ -67,7 +67,10 @@ func containerMounts(in SpecInput, env []envVar) ([]bindMount, error) {
 		if err := checkPropagation(src, mode, isPrivileged(c), fp.Child("mountPropagation")); err != nil {
 			return nil, err
 		}
-		mounts = append(mounts, bindMount{src: src, dst: vm.MountPath, readOnly: vm.ReadOnly, propagation: mode})
+		// ConfigMap and Secret data is read-only to containers whatever the
+		// mount says, as kubelet mounts these volumes.
+		ro := vm.ReadOnly || projectsObjects(&spec.Volumes[i].VolumeSource)
+		mounts = append(mounts, bindMount{src: src, dst: vm.MountPath, readOnly: ro, propagation: mode})
 		taken[filepath.Clean(vm.MountPath)] = true
 	}
 
@@ -118,6 +121,12 @@ func volumeSource(sb *Sandbox, v *corev1.Volume, fp *field.Path) (string, error)
 		dir := sb.EmptyDirPath(v.Name)
 		if _, err := os.Stat(dir); err != nil {
 			return "", fmt.Errorf("%s: emptyDir %s not prepared by the sandbox: %w", fp.Child("emptyDir"), dir, errdefs.ErrFailedPrecondition)
+		}
+		return dir, nil
+	case projectsObjects(&v.VolumeSource):
+		dir := sb.VolumePath(v.Name)
+		if _, err := os.Stat(dir); err != nil {
+			return "", fmt.Errorf("%s: volume %s not prepared by the sandbox: %w", fp, dir, errdefs.ErrFailedPrecondition)
 		}
 		return dir, nil
 	}

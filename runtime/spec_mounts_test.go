@@ -104,6 +104,29 @@ func TestHostPathCreates(t *testing.T) {
 	}
 }
 
+// TestObjectVolumesMountReadOnly: ConfigMap and Secret data is read-only
+// in the container even when the mount does not ask for it, as kubelet
+// mounts it.
+func TestObjectVolumesMountReadOnly(t *testing.T) {
+	f := newSpecFixture(t)
+	f.in.Pod.Spec.Volumes = []corev1.Volume{
+		{Name: "conf", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "c"}}}},
+		{Name: "creds", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "s"}}},
+	}
+	for _, v := range f.in.Pod.Spec.Volumes {
+		if err := os.MkdirAll(f.in.Sandbox.VolumePath(v.Name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.in.Container.VolumeMounts = []corev1.VolumeMount{{Name: "conf", MountPath: "/etc/app"}, {Name: "creds", MountPath: "/creds"}}
+	s := f.mustSpec(t)
+	for dst, vol := range map[string]string{"/etc/app": "conf", "/creds": "creds"} {
+		if m := findMount(s, dst); m == nil || m.Source != f.in.Sandbox.VolumePath(vol) || !slices.Contains(m.Options, "ro") {
+			t.Errorf("%s = %+v, want a read-only bind of %s", dst, m, f.in.Sandbox.VolumePath(vol))
+		}
+	}
+}
+
 func TestVolumeMounts(t *testing.T) {
 	f := newSpecFixture(t)
 	host := t.TempDir()

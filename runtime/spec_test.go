@@ -309,3 +309,20 @@ func errIs(t *testing.T, err error, class error, want ...string) {
 		}
 	}
 }
+
+// TestCreatedSpecHash: a container whose env the agent resolved from a
+// ConfigMap is labelled with the template container's hash, so that the
+// agent does not see a changed spec; a container the pod lacks hashes itself.
+func TestCreatedSpecHash(t *testing.T) {
+	tmpl := corev1.Container{Name: "main", Image: "img", Env: []corev1.EnvVar{{Name: "A", ValueFrom: &corev1.EnvVarSource{
+		ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "c"}, Key: "a"}}}}}
+	resolved := corev1.Container{Name: "main", Image: "img", Env: []corev1.EnvVar{{Name: "A", Value: "1"}}}
+	pod := &Pod{Spec: &corev1.PodSpec{InitContainers: []corev1.Container{{Name: "init", Image: "img"}}, Containers: []corev1.Container{tmpl}}}
+	if got, want := CreatedSpecHash(pod, &resolved), ContainerSpecHash(&tmpl); got != want {
+		t.Errorf("CreatedSpecHash = %s, want the template's %s", got, want)
+	}
+	other := corev1.Container{Name: "other", Image: "img"}
+	if got, want := CreatedSpecHash(pod, &other), ContainerSpecHash(&other); got != want {
+		t.Errorf("CreatedSpecHash of a container outside the spec = %s, want its own %s", got, want)
+	}
+}

@@ -91,6 +91,11 @@ func (s *Sandbox) EmptyDirPath(volume string) string {
 	return filepath.Join(s.Dir, sandboxVolumes, volume)
 }
 
+// VolumePath is where the agent writes the files of the configMap, secret or
+// projected volume of that name; it is the same place as EmptyDirPath, since
+// a volume name is unique in a pod.
+func (s *Sandbox) VolumePath(volume string) string { return s.EmptyDirPath(volume) }
+
 // Config holds what the runtime needs to reach containerd and lay out pods.
 type Config struct {
 	// Address is containerd's socket path (a unix:// prefix is accepted).

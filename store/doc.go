@@ -11,14 +11,22 @@
 //
 //	v1/                                  schema root
 //	├── meta/
-//	│   └── version          = "1"       schema version, decimal ASCII integer
+//	│   └── version          = "2"       schema version, decimal ASCII integer
 //	├── desired/                         last-known desired state, written before it is acted on
 //	│   └── <source>/                    one bucket per source ("server", "file", "http", ...),
 //	│       │                            replaced whole by ReplaceDesired
 //	│       └── <namespace/name> = desiredV1 envelope (see DesiredRecord)
-//	└── pods/                            one bucket per pod this agent created
-//	    └── <uid>/
-//	        └── record       = podV1 envelope (see PodRecord)
+//	├── pods/                            one bucket per pod this agent created
+//	│   └── <uid>/
+//	│       └── record       = podV1 envelope (see PodRecord)
+//	└── objects/                         last-known ConfigMaps and Secrets (schema 2)
+//	    └── <source>/                    replaced whole by ReplaceObjects
+//	        └── <kind>/<namespace>/<name> = objectV1 envelope (see ObjectRecord)
+//
+// Secrets are sealed with AES-256-GCM under a node-local key file
+// (Options.SecretKeyPath, default secret.key beside the store file, 0600,
+// created on first use), so that a copy of the store alone does not reveal
+// them; the ciphertext is bound to its source and key.
 //
 // Each pod has its own bucket, not a single key, so that per-pod data added
 // later (events, hook state) becomes a sibling key of record and is removed

@@ -21,6 +21,7 @@ type migration struct {
 // entry needs its own case in migrationTests (migrations_test.go).
 var migrations = []migration{
 	{name: "create v1 layout", apply: migrateCreateV1},
+	{name: "add objects bucket", apply: migrateAddObjects},
 }
 
 // schemaVersion is the version this binary reads and writes.
@@ -36,6 +37,19 @@ func migrateCreateV1(tx *bolt.Tx) error {
 		if _, err := root.CreateBucket(name); err != nil {
 			return fmt.Errorf("create %s/%s: %w", bucketRoot, name, err)
 		}
+	}
+	return nil
+}
+
+// migrateAddObjects adds the bucket of last-known ConfigMaps and Secrets
+// (issue 6); existing desired state and pod records are untouched.
+func migrateAddObjects(tx *bolt.Tx) error {
+	root := tx.Bucket(bucketRoot)
+	if root == nil {
+		return fmt.Errorf("bucket %s missing: %w", bucketRoot, errdefs.ErrDataLoss)
+	}
+	if _, err := root.CreateBucket(bucketObjects); err != nil {
+		return fmt.Errorf("create %s/%s: %w", bucketRoot, bucketObjects, err)
 	}
 	return nil
 }

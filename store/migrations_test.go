@@ -16,6 +16,7 @@ import (
 // newly appended migration gets its case here.
 var migrationTests = map[int]func(t *testing.T){
 	0: testMigrateCreateV1,
+	1: testMigrateAddObjects,
 }
 
 func TestEveryMigrationHasATest(t *testing.T) {
@@ -76,6 +77,47 @@ func testMigrateCreateV1(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// testMigrateAddObjects builds a schema-1 file holding a desired record and
+// a pod record, upgrades it and checks that the objects bucket is usable and
+// the old data survived.
+func testMigrateAddObjects(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	full := migrations
+	withMigrations(t, full[:1])
+	db := openTest(t, path)
+	if err := db.ReplaceDesired("file", []DesiredRecord{desired("file", "default/a", "r1")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.PutPod(samplePod("uid-1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.ReplaceObjects("file", []ObjectRecord{{Kind: KindConfigMap, Key: "default/c"}}); err == nil {
+		t.Fatal("ReplaceObjects on a schema-1 file succeeded; the test does not start from schema 1")
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	migrations = full[:2]
+
+	db = openTest(t, path)
+	if got := versionOf(t, db.bolt); got != 2 {
+		t.Errorf("schema version after migration = %d, want 2", got)
+	}
+	if got := listDesiredOK(t, db); len(got) != 1 || got[0].Key != "default/a" {
+		t.Errorf("desired records after migration = %+v", got)
+	}
+	if _, err := db.GetPod("uid-1"); err != nil {
+		t.Errorf("pod record lost by migration: %v", err)
+	}
+	want := ObjectRecord{Source: "file", Kind: KindConfigMap, Key: "default/c", Object: []byte("{}")}
+	if err := db.ReplaceObjects("file", []ObjectRecord{want}); err != nil {
+		t.Fatal(err)
+	}
+	if got, errs, err := db.ListObjects(); err != nil || errs != nil || len(got) != 1 || string(got[0].Object) != "{}" {
+		t.Errorf("ListObjects after migration = %+v, %v, %v", got, errs, err)
 	}
 }
 

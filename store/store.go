@@ -1,11 +1,13 @@
 package store
 
 import (
+	"crypto/cipher"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -24,6 +26,7 @@ var (
 	keyVersion    = []byte("version")
 	bucketDesired = []byte("desired")
 	bucketPods    = []byte("pods")
+	bucketObjects = []byte("objects")
 	keyPodRecord  = []byte("record")
 )
 
@@ -34,11 +37,19 @@ type Options struct {
 	LockTimeout time.Duration
 	// Logger receives schema initialisation and migration messages; nil discards them.
 	Logger *slog.Logger
+	// SecretKeyPath is the file holding the AES-256 key that seals Secrets
+	// at rest, created (0600) on first use; empty means "secret.key" beside
+	// the store file.
+	SecretKeyPath string
 }
 
 // DB is the agent's node-local state store, backed by one bbolt file.
 type DB struct {
-	bolt *bolt.DB
+	bolt    *bolt.DB
+	keyPath string
+
+	keyMu sync.Mutex  // guards gcm
+	gcm   cipher.AEAD // nil until the key is first needed
 }
 
 // Open opens (creating it and its directory if needed) the store file at path
@@ -76,7 +87,11 @@ func Open(path string, opts Options) (*DB, error) {
 	case from < to:
 		logger.Info("migrated store", "path", path, "from", from, "to", to)
 	}
-	return &DB{bolt: bdb}, nil
+	keyPath := opts.SecretKeyPath
+	if keyPath == "" {
+		keyPath = filepath.Join(filepath.Dir(path), "secret.key")
+	}
+	return &DB{bolt: bdb, keyPath: keyPath}, nil
 }
 
 // classifyOpenError turns bbolt's open errors into errdefs classes with a

@@ -43,6 +43,18 @@ func (c *Client) Pods(namespace string) *Resource[corev1.Pod, corev1.PodList] {
 	return &Resource[corev1.Pod, corev1.PodList]{c: c, gvk: corev1.SchemeGroupVersion.WithKind("Pod"), resource: "pods", namespaced: true, namespace: namespace}
 }
 
+// ConfigMaps is the v1 ConfigMaps of namespace; "" means all namespaces,
+// which allows only List and Watch.
+func (c *Client) ConfigMaps(namespace string) *Resource[corev1.ConfigMap, corev1.ConfigMapList] {
+	return &Resource[corev1.ConfigMap, corev1.ConfigMapList]{c: c, gvk: corev1.SchemeGroupVersion.WithKind("ConfigMap"), resource: "configmaps", namespaced: true, namespace: namespace}
+}
+
+// Secrets is the v1 Secrets of namespace; "" means all namespaces, which
+// allows only List and Watch.
+func (c *Client) Secrets(namespace string) *Resource[corev1.Secret, corev1.SecretList] {
+	return &Resource[corev1.Secret, corev1.SecretList]{c: c, gvk: corev1.SchemeGroupVersion.WithKind("Secret"), resource: "secrets", namespaced: true, namespace: namespace}
+}
+
 // ListOptions narrows a List or Watch, with the query parameters of the same
 // names.
 type ListOptions struct {

@@ -52,14 +52,20 @@ func (s *Server) discoveryRoutes(mux *http.ServeMux) {
 		path, groupVersion string
 		resources          []*resource
 	}{
-		{"/api/v1", "v1", []*resource{s.nodes, s.pods}},
+		{"/api/v1", "v1", []*resource{s.nodes, s.pods, s.configMaps, s.secrets}},
 		{"/apis/apps/v1", "apps/v1", []*resource{s.daemonSets}},
 	} {
 		list := &metav1.APIResourceList{TypeMeta: metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"}, GroupVersion: gv.groupVersion}
 		for _, res := range gv.resources {
-			list.APIResources = append(list.APIResources,
-				metav1.APIResource{Name: res.name, SingularName: res.singular, Namespaced: res.namespaced, Kind: res.kind,
-					Verbs: resourceVerbs, ShortNames: res.shortNames, Categories: []string{"all"}},
+			main := metav1.APIResource{Name: res.name, SingularName: res.singular, Namespaced: res.namespaced, Kind: res.kind,
+				Verbs: resourceVerbs, ShortNames: res.shortNames}
+			if res.copyStatus == nil {
+				// Like Kubernetes, ConfigMaps and Secrets are not in "all".
+				list.APIResources = append(list.APIResources, main)
+				continue
+			}
+			main.Categories = []string{"all"}
+			list.APIResources = append(list.APIResources, main,
 				metav1.APIResource{Name: res.name + "/status", Namespaced: res.namespaced, Kind: res.kind, Verbs: metav1.Verbs{"get", "update"}})
 		}
 		mux.HandleFunc("GET "+gv.path, requireUser(func(w http.ResponseWriter, _ *http.Request) {

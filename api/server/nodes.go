@@ -30,6 +30,15 @@ type heartbeats struct {
 	posted map[string]time.Time
 }
 
+// newTerm gives every node a fresh grace period when this replica becomes
+// the leader: heartbeats that reached other replicas were not counted here,
+// and those written to the store are taken into account by checkNodes.
+func (h *heartbeats) newTerm() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	clear(h.last)
+}
+
 func (h *heartbeats) beat(node string, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -59,10 +68,30 @@ func (s *Server) presentNode(o object) {
 }
 
 // nodeHeartbeat records a status PUT as a heartbeat and says whether it
-// changed anything besides heartbeat times (then it must be written).
+// changed anything besides heartbeat times (then it must be written). With
+// a HeartbeatWriteInterval it also asks for a write when the stored
+// heartbeat is that much older than this one, so that a leader elsewhere
+// sees the node alive; both times are the agent's, so the replicas' clocks
+// do not enter the comparison.
 func (s *Server) nodeHeartbeat(obj, old object) bool {
 	s.heartbeats.beat(obj.GetName(), s.clock.Now())
-	return equality.Semantic.DeepEqual(withoutHeartbeats(&obj.(*corev1.Node).Status), withoutHeartbeats(&old.(*corev1.Node).Status))
+	next, prev := &obj.(*corev1.Node).Status, &old.(*corev1.Node).Status
+	if !equality.Semantic.DeepEqual(withoutHeartbeats(next), withoutHeartbeats(prev)) {
+		return false
+	}
+	interval := s.cfg.HeartbeatWriteInterval
+	return interval <= 0 || readyHeartbeat(next).Sub(readyHeartbeat(prev)) < interval
+}
+
+// readyHeartbeat returns the lastHeartbeatTime of the Ready condition (zero
+// without one).
+func readyHeartbeat(st *corev1.NodeStatus) time.Time {
+	for _, c := range st.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.LastHeartbeatTime.Time
+		}
+	}
+	return time.Time{}
 }
 
 func withoutHeartbeats(st *corev1.NodeStatus) *corev1.NodeStatus {
@@ -116,6 +145,10 @@ func (s *Server) checkNodes(ctx context.Context) error {
 		if !ok {
 			s.heartbeats.last[n.Name] = now // first seen since start: a fresh grace period
 			continue
+		}
+		// A heartbeat another replica wrote counts too.
+		if stored := readyHeartbeat(&n.Status); stored.After(last) {
+			last = stored
 		}
 		if now.Sub(last) >= s.cfg.NodeMonitorGracePeriod {
 			silent = append(silent, n)

@@ -44,7 +44,8 @@ type resource struct {
 	// validateUpdate checks a defaulted object against the stored one.
 	validateUpdate func(obj, old object) field.ErrorList
 	// copyStatus sets dst's status to src's: a PUT on the main resource
-	// keeps the stored status, a PUT on /status keeps the stored rest.
+	// keeps the stored status, a PUT on /status keeps the stored rest; nil
+	// for kinds without status, which then have no /status subresource.
 	copyStatus func(dst, src object)
 	// specEqual, when set, makes the resource carry metadata.generation,
 	// bumped on every spec change.
@@ -53,6 +54,8 @@ type resource struct {
 	warnings func(object) []string
 	// fieldSet is what field selectors match against.
 	fieldSet func(object) fields.Set
+	// storage encrypts values at rest; nil stores them in plain.
+	storage *transformer
 }
 
 func (r *resource) groupVersion() schema.GroupVersion {
@@ -197,4 +200,54 @@ func daemonSetWarnings(o object) []string {
 		out = append(out, "299 - "+strconv.Quote("spec.template."+e.Field+": "+e.Detail))
 	}
 	return out
+}
+
+// newObjectResources builds the descriptors of ConfigMaps and Secrets, whose
+// values are encrypted at rest when enc says so.
+func newObjectResources(enc *Encryption) (configMaps, secrets *resource) {
+	configMaps = &resource{
+		version: "v1", name: "configmaps", singular: "configmap", shortNames: []string{"cm"},
+		kind: "ConfigMap", listKind: "ConfigMapList", namespaced: true,
+		fieldLabels: []string{"metadata.name", "metadata.namespace"},
+		newObject:   func() object { return &corev1.ConfigMap{} },
+		newList: func(items []object, rv string) kruntime.Object {
+			l := &corev1.ConfigMapList{ListMeta: metav1.ListMeta{ResourceVersion: rv}, Items: make([]corev1.ConfigMap, len(items))}
+			for i, o := range items {
+				l.Items[i] = *o.(*corev1.ConfigMap)
+			}
+			return l
+		},
+		defaults: func(o object) { api.SetDefaultsConfigMap(o.(*corev1.ConfigMap)) },
+		validate: func(o object) field.ErrorList { return api.ValidateConfigMap(o.(*corev1.ConfigMap)) },
+		validateUpdate: func(o, old object) field.ErrorList {
+			return api.ValidateConfigMapUpdate(o.(*corev1.ConfigMap), old.(*corev1.ConfigMap))
+		},
+		fieldSet: metaFields,
+		storage:  enc.forResource("configmaps"),
+	}
+	secrets = &resource{
+		version: "v1", name: "secrets", singular: "secret",
+		kind: "Secret", listKind: "SecretList", namespaced: true,
+		fieldLabels: []string{"metadata.name", "metadata.namespace", "type"},
+		newObject:   func() object { return &corev1.Secret{} },
+		newList: func(items []object, rv string) kruntime.Object {
+			l := &corev1.SecretList{ListMeta: metav1.ListMeta{ResourceVersion: rv}, Items: make([]corev1.Secret, len(items))}
+			for i, o := range items {
+				l.Items[i] = *o.(*corev1.Secret)
+			}
+			return l
+		},
+		defaults: func(o object) { api.SetDefaultsSecret(o.(*corev1.Secret)) },
+		validate: func(o object) field.ErrorList { return api.ValidateSecret(o.(*corev1.Secret)) },
+		validateUpdate: func(o, old object) field.ErrorList {
+			return api.ValidateSecretUpdate(o.(*corev1.Secret), old.(*corev1.Secret))
+		},
+		fieldSet: func(o object) fields.Set {
+			s := metaFields(o)
+			s["type"] = string(o.(*corev1.Secret).Type)
+			return s
+		},
+		storage: enc.forResource("secrets"),
+	}
+	return configMaps, secrets
 }

@@ -42,8 +42,12 @@ type hooks struct {
 // decode turns a stored value into an object carrying the key's
 // ModRevision as resourceVersion.
 func (r *resource) decode(kv cluster.KV) (object, error) {
+	value, err := r.storage.unseal(kv.Key, kv.Value)
+	if err != nil {
+		return nil, err
+	}
 	o := r.newObject()
-	if err := json.Unmarshal(kv.Value, o); err != nil {
+	if err := json.Unmarshal(value, o); err != nil {
 		return nil, fmt.Errorf("decoding %s %s: %w", r.kind, kv.Key, err)
 	}
 	o.SetResourceVersion(strconv.FormatInt(kv.ModRevision, 10))
@@ -88,9 +92,13 @@ func (s *Server) parse(res *resource, r *http.Request) (request, error) {
 // authorizeRequest checks the user may do verb; the returned check must
 // hold for the objects involved.
 func (s *Server) authorizeRequest(r *http.Request, req request, verb, subresource string, sel fields.Selector) (objectCheck, error) {
-	return authorize(userFrom(r.Context()), attributes{
-		verb: verb, res: req.res, subresource: subresource, namespace: req.namespace, name: req.name, fields: sel,
-	})
+	a := attributes{verb: verb, res: req.res, subresource: subresource, namespace: req.namespace, name: req.name, fields: sel}
+	if req.res == s.configMaps || req.res == s.secrets {
+		a.usedOnNode = func(node, namespace, name string) bool {
+			return s.usedOnNode(r.Context(), req.res, node, namespace, name)
+		}
+	}
+	return authorize(userFrom(r.Context()), a)
 }
 
 func (s *Server) handleGet(res *resource, subresource string) http.HandlerFunc {
@@ -335,11 +343,15 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, req request) (ob
 	if req.dryRun {
 		return o, nil
 	}
+	key := res.key(o.GetNamespace(), o.GetName())
 	data, err := res.encode(o)
+	if err == nil {
+		data, err = res.storage.seal(key, data)
+	}
 	if err != nil {
 		return nil, apierrors.NewInternalError(err)
 	}
-	rev, err := s.store.Create(r.Context(), res.key(o.GetNamespace(), o.GetName()), data)
+	rev, err := s.store.Create(r.Context(), key, data)
 	if err != nil {
 		return nil, storeError(res, o.GetName(), err)
 	}
@@ -432,7 +444,9 @@ func (s *Server) updateOnce(w http.ResponseWriter, r *http.Request, req request,
 		}
 	} else {
 		res.defaults(o)
-		res.copyStatus(o, old)
+		if res.copyStatus != nil {
+			res.copyStatus(o, old)
+		}
 		o.SetUID(old.GetUID())
 		o.SetCreationTimestamp(old.GetCreationTimestamp())
 		o.SetDeletionTimestamp(old.GetDeletionTimestamp())
@@ -452,8 +466,15 @@ func (s *Server) updateOnce(w http.ResponseWriter, r *http.Request, req request,
 	if err != nil {
 		return nil, apierrors.NewInternalError(err)
 	}
-	if req.dryRun || string(data) == string(kv.Value) {
+	stored, err := res.storage.unseal(kv.Key, kv.Value)
+	if err != nil {
+		return nil, apierrors.NewInternalError(err)
+	}
+	if req.dryRun || string(data) == string(stored) {
 		return o, nil // a no-op update writes nothing, as in Kubernetes
+	}
+	if data, err = res.storage.seal(kv.Key, data); err != nil {
+		return nil, apierrors.NewInternalError(err)
 	}
 	rev, err := s.store.Update(r.Context(), kv.Key, data, kv.ModRevision)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
 	"github.com/daemonlet/daemonlet/store/cluster"
@@ -36,6 +37,22 @@ type Config struct {
 	// NodeMonitorGracePeriod is how long a node may stay silent before it
 	// is marked Ready=Unknown; zero means DefaultNodeMonitorGracePeriod.
 	NodeMonitorGracePeriod time.Duration
+	// Elector chooses the one replica that runs the fleet-wide controllers
+	// among servers sharing the store; nil means a cluster.LocalElector (a
+	// single server always leads).
+	Elector cluster.Elector
+	// HeartbeatWriteInterval, when positive, writes a heartbeat that changes
+	// nothing else to the store once the stored one is that much older, so
+	// that the leader sees nodes whose heartbeats reach other replicas; zero
+	// keeps heartbeats in memory only (a single server).
+	HeartbeatWriteInterval time.Duration
+	// Metrics is the registry the server registers its metrics on and
+	// serves at /metrics (with the caller's other collectors); nil is a
+	// private registry of the server's own metrics.
+	Metrics *prometheus.Registry
+	// Encryption encrypts Secrets (and ConfigMaps, when configured) at
+	// rest; nil stores them in plain.
+	Encryption *Encryption
 }
 
 // Server serves the REST API over a cluster.Store and runs the
@@ -47,6 +64,7 @@ type Server struct {
 	clock clock.Clock
 
 	daemonSets, nodes, pods *resource
+	configMaps, secrets     *resource
 	broadcasters            map[*resource]*broadcaster
 	hooks                   map[*resource]hooks
 	handler                 http.Handler
@@ -56,6 +74,8 @@ type Server struct {
 	// without blocking).
 	statusKick chan struct{}
 	running    atomic.Bool
+	// metrics counts and times API requests.
+	metrics *requestMetrics
 }
 
 // New checks the configuration and builds a server; call Run to start its
@@ -70,6 +90,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.NodeMonitorGracePeriod == 0 {
 		cfg.NodeMonitorGracePeriod = DefaultNodeMonitorGracePeriod
 	}
+	if cfg.HeartbeatWriteInterval < 0 {
+		return nil, fmt.Errorf("server: negative heartbeat write interval %v: %w", cfg.HeartbeatWriteInterval, errdefs.ErrInvalidArgument)
+	}
+	if cfg.Elector == nil {
+		cfg.Elector = cluster.NewLocalElector()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -83,7 +109,8 @@ func New(cfg Config) (*Server, error) {
 		statusKick:   make(chan struct{}, 1),
 	}
 	s.daemonSets, s.nodes, s.pods = newResources()
-	for _, res := range []*resource{s.daemonSets, s.nodes, s.pods} {
+	s.configMaps, s.secrets = newObjectResources(cfg.Encryption)
+	for _, res := range s.resources() {
 		s.broadcasters[res] = newBroadcaster(res, s.store, s.log, s.kickStatus)
 	}
 	s.hooks = map[*resource]hooks{
@@ -91,15 +118,24 @@ func New(cfg Config) (*Server, error) {
 		s.nodes:      {afterWrite: s.nodeWritten, afterDelete: s.deleteNodePods, statusUnchanged: s.nodeHeartbeat},
 		s.pods:       {},
 	}
-	s.handler = s.authenticate(s.routes())
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
+	if err := s.registerMetrics(cfg.Metrics); err != nil {
+		return nil, fmt.Errorf("server: register metrics: %w", err)
+	}
+	mux := s.routes()
+	mux.Handle("GET "+PathMetrics, s.metricsHandler(cfg.Metrics))
+	s.handler = s.authenticate(mux)
 	return s, nil
 }
 
 // Handler is the HTTP API; watches only receive changes while Run runs.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Run runs the watch fan-out, the DaemonSet status controller and the node
-// monitor until ctx ends; every watch stream ends with it.
+// Run runs the watch fan-out until ctx ends, and the DaemonSet status
+// controller and the node monitor whenever this replica is the elected
+// leader; every watch stream ends with it.
 func (s *Server) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return fmt.Errorf("server: Run called twice: %w", errdefs.ErrFailedPrecondition)
@@ -108,9 +144,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, b := range s.broadcasters {
 		wg.Go(func() { b.run(ctx) })
 	}
-	wg.Go(func() { s.runStatusController(ctx) })
-	wg.Go(func() { s.runNodeMonitor(ctx) })
-	s.kickStatus()
+	wg.Go(func() { s.lead(ctx) })
 	wg.Wait()
 	if err := ctx.Err(); !errors.Is(err, context.Canceled) {
 		return err
@@ -118,26 +152,80 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
+// electionRetry is the pause after a failed campaign (the store
+// unreachable) before the next one.
+const electionRetry = time.Second
+
+// lead campaigns until ctx ends and, for each won term, runs the once-only
+// controllers until the leadership is lost; leaving, it resigns so that
+// another replica takes over at once instead of after the lease's TTL.
+func (s *Server) lead(ctx context.Context) {
+	elector := s.cfg.Elector
+	defer func() {
+		resignCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := elector.Resign(resignCtx); err != nil {
+			s.log.Warn("resigning leadership", "error", err)
+		}
+	}()
+	for ctx.Err() == nil {
+		if err := elector.Campaign(ctx); err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("campaigning for leadership", "error", err)
+				select {
+				case <-ctx.Done():
+				case <-s.clock.After(electionRetry):
+				}
+			}
+			continue
+		}
+		termCtx, cancel := context.WithCancel(ctx)
+		lost := elector.Leading()
+		go func() {
+			select {
+			case <-lost:
+			case <-termCtx.Done():
+			}
+			cancel()
+		}()
+		s.heartbeats.newTerm()
+		var wg sync.WaitGroup
+		wg.Go(func() { s.runStatusController(termCtx) })
+		wg.Go(func() { s.runNodeMonitor(termCtx) })
+		s.kickStatus()
+		wg.Wait()
+		cancel()
+	}
+}
+
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	s.discoveryRoutes(mux)
-	for _, res := range []*resource{s.daemonSets, s.nodes, s.pods} {
+	for _, res := range s.resources() {
 		base := res.basePath()
 		coll := base + "/" + res.name
 		if res.namespaced {
-			mux.Handle("GET "+coll, s.handleList(res)) // across namespaces
+			mux.Handle("GET "+coll, s.instrument(res, http.MethodGet, "", true, s.handleList(res))) // across namespaces
 			coll = base + "/namespaces/{namespace}/" + res.name
 		}
 		item := coll + "/{name}"
-		mux.Handle("GET "+coll, s.handleList(res))
-		mux.Handle("POST "+coll, s.handleCreate(res))
-		mux.Handle("GET "+item, s.handleGet(res, ""))
-		mux.Handle("PUT "+item, s.handleUpdate(res, false))
-		mux.Handle("DELETE "+item, s.handleDelete(res))
-		mux.Handle("GET "+item+"/status", s.handleGet(res, "status"))
-		mux.Handle("PUT "+item+"/status", s.handleUpdate(res, true))
+		mux.Handle("GET "+coll, s.instrument(res, http.MethodGet, "", true, s.handleList(res)))
+		mux.Handle("POST "+coll, s.instrument(res, http.MethodPost, "", false, s.handleCreate(res)))
+		mux.Handle("GET "+item, s.instrument(res, http.MethodGet, "", false, s.handleGet(res, "")))
+		mux.Handle("PUT "+item, s.instrument(res, http.MethodPut, "", false, s.handleUpdate(res, false)))
+		mux.Handle("DELETE "+item, s.instrument(res, http.MethodDelete, "", false, s.handleDelete(res)))
+		if res.copyStatus == nil {
+			continue // no status, no /status subresource
+		}
+		mux.Handle("GET "+item+"/status", s.instrument(res, http.MethodGet, "status", false, s.handleGet(res, "status")))
+		mux.Handle("PUT "+item+"/status", s.instrument(res, http.MethodPut, "status", false, s.handleUpdate(res, true)))
 	}
 	return mux
+}
+
+// resources lists every served resource.
+func (s *Server) resources() []*resource {
+	return []*resource{s.daemonSets, s.nodes, s.pods, s.configMaps, s.secrets}
 }
 
 // kickStatus asks the status controller for a sync without blocking.

@@ -60,7 +60,7 @@ func newHarness(t *testing.T, st cluster.Store, clk clock.Clock, auth bool) *har
 	if st == nil {
 		st = openStore(t, 0)
 	}
-	cfg := Config{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Clock: clk}
+	cfg := Config{Store: st, Clock: clk}
 	if auth {
 		a, err := ParseTokenFile(strings.NewReader(testTokenFile))
 		if err != nil {
@@ -68,6 +68,15 @@ func newHarness(t *testing.T, st cluster.Store, clk clock.Clock, auth bool) *har
 		}
 		cfg.Tokens = a
 	}
+	return serveHarness(t, cfg)
+}
+
+// serveHarness runs a server with cfg (its Store set) over real TCP on
+// 127.0.0.1 until the test ends.
+func serveHarness(t *testing.T, cfg Config) *harness {
+	t.Helper()
+	st := cfg.Store
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

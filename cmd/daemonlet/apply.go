@@ -15,6 +15,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/daemonlet/daemonlet/api"
 	"github.com/daemonlet/daemonlet/api/client"
@@ -31,13 +32,14 @@ const (
 	dryRunServer = "server"
 )
 
-// newApplyCommand is kubectl apply for DaemonSet manifests.
+// newApplyCommand is kubectl apply for manifests of DaemonSets, ConfigMaps
+// and Secrets.
 func newApplyCommand() *cobra.Command {
 	var files []string
 	var dryRun string
 	cmd := &cobra.Command{
 		Use:   "apply -f (FILE|DIR|-)",
-		Short: "Create or update DaemonSets from manifests",
+		Short: "Create or update DaemonSets, ConfigMaps and Secrets from manifests",
 		Args:  cobra.NoArgs,
 	}
 	flags := addClientFlags(cmd)
@@ -50,18 +52,28 @@ func newApplyCommand() *cobra.Command {
 		if dryRun != dryRunNone && dryRun != dryRunClient && dryRun != dryRunServer {
 			return fmt.Errorf(`invalid dry-run value (%s). Must be "none", "server", or "client": %w`, dryRun, errdefs.ErrInvalidArgument)
 		}
-		sets, decodeErr := readDaemonSets(files, cmd.InOrStdin())
-		if err := placeInNamespace(sets, flags.namespace, cmd.Flags().Changed("namespace")); err != nil {
+		sets, data, decodeErr := readDaemonSets(files, cmd.InOrStdin())
+		all := make([]metav1.Object, 0, len(data)+len(sets))
+		for _, o := range data {
+			all = append(all, o.meta())
+		}
+		for _, ds := range sets {
+			all = append(all, ds)
+		}
+		if err := placeInNamespace(all, flags.namespace, cmd.Flags().Changed("namespace")); err != nil {
 			return err
 		}
 		out := cmd.OutOrStdout()
 		if dryRun == dryRunClient {
+			for _, o := range data {
+				fmt.Fprintf(out, "%s created (dry run)\n", o.kind().qualifiedName(o.meta().GetName(), false))
+			}
 			for _, ds := range sets {
 				fmt.Fprintf(out, "%s created (dry run)\n", kindDaemonSet.qualifiedName(ds.Name, false))
 			}
 			return decodeErr
 		}
-		if len(sets) == 0 {
+		if len(all) == 0 {
 			return decodeErr
 		}
 		c, err := flags.client(cmd)
@@ -73,6 +85,16 @@ func newApplyCommand() *cobra.Command {
 			suffix = " (server dry run)"
 		}
 		errs := []error{decodeErr}
+		// ConfigMaps and Secrets go first, so that the pods of the
+		// DaemonSets find what they reference.
+		for _, o := range data {
+			result, err := o.apply(cmd.Context(), c, client.WriteOptions{DryRun: dryRun == dryRunServer})
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			fmt.Fprintf(out, "%s %s%s\n", o.kind().qualifiedName(o.meta().GetName(), false), result, suffix)
+		}
 		for _, ds := range sets {
 			result, err := applyDaemonSet(cmd.Context(), c, ds, client.WriteOptions{DryRun: dryRun == dryRunServer})
 			if err != nil {
@@ -86,11 +108,13 @@ func newApplyCommand() *cobra.Command {
 	return cmd
 }
 
-// readDaemonSets decodes, defaults and validates every manifest; the error
-// lists the bad documents, whose objects are left out, and the v1 Pods,
-// which daemonlet's server does not take.
-func readDaemonSets(files []string, stdin io.Reader) ([]*appsv1.DaemonSet, error) {
+// readDaemonSets decodes, defaults and validates every manifest into its
+// DaemonSets and its ConfigMaps and Secrets; the error lists the bad
+// documents, whose objects are left out, and the v1 Pods, which daemonlet's
+// server does not take.
+func readDaemonSets(files []string, stdin io.Reader) ([]*appsv1.DaemonSet, []dataObject, error) {
 	var sets []*appsv1.DaemonSet
+	var objects []dataObject
 	var errs []error
 	for _, f := range files {
 		sources, err := expandFile(f)
@@ -114,20 +138,25 @@ func readDaemonSets(files []string, stdin io.Reader) ([]*appsv1.DaemonSet, error
 			given := givenNamespaces(src, data)
 			for _, o := range objs {
 				if o.Pod != nil {
-					errs = append(errs, fmt.Errorf("%s: document %d: pod %q: the server takes only apps/v1 DaemonSets; put static v1 Pods in an agent's --pod-manifest-path: %w",
+					errs = append(errs, fmt.Errorf("%s: document %d: pod %q: the server takes only apps/v1 DaemonSets, ConfigMaps and Secrets; put static v1 Pods in an agent's --pod-manifest-path: %w",
 						src, o.Doc, o.Pod.Name, errdefs.ErrInvalidArgument))
 					continue
 				}
 				// Defaulting filled in "default"; -n decides instead when
 				// the manifest named no namespace.
-				if ns, ok := given[docName(o.Doc, o.DaemonSet.Name)]; ok && ns == "" {
-					o.DaemonSet.Namespace = ""
+				kind, m := objectMeta(o)
+				if ns, ok := given[docName(o.Doc, kind, m.GetName())]; ok && ns == "" {
+					m.SetNamespace("")
 				}
-				sets = append(sets, o.DaemonSet)
+				if o.DaemonSet != nil {
+					sets = append(sets, o.DaemonSet)
+				} else {
+					objects = append(objects, dataObject{configMap: o.ConfigMap, secret: o.Secret})
+				}
 			}
 		}
 	}
-	return sets, errors.Join(errs...)
+	return sets, objects, errors.Join(errs...)
 }
 
 // givenNamespaces maps document and name to the namespace the manifest
@@ -140,15 +169,29 @@ func givenNamespaces(src string, data []byte) map[string]string {
 	}
 	given := map[string]string{}
 	for _, o := range objs {
-		if o.DaemonSet != nil {
-			given[docName(o.Doc, o.DaemonSet.Name)] = o.DaemonSet.Namespace
+		if o.Pod == nil {
+			kind, m := objectMeta(o)
+			given[docName(o.Doc, kind, m.GetName())] = m.GetNamespace()
 		}
 	}
 	return given
 }
 
-// docName keys an object by its document and name.
-func docName(doc int, name string) string { return fmt.Sprintf("%d/%s", doc, name) }
+// objectMeta is the kind and metadata of a decoded object.
+func objectMeta(o api.Object) (string, metav1.Object) {
+	switch {
+	case o.ConfigMap != nil:
+		return "ConfigMap", o.ConfigMap
+	case o.Secret != nil:
+		return "Secret", o.Secret
+	case o.Pod != nil:
+		return "Pod", o.Pod
+	}
+	return "DaemonSet", o.DaemonSet
+}
+
+// docName keys an object by its document, kind and name.
+func docName(doc int, kind, name string) string { return fmt.Sprintf("%d/%s/%s", doc, kind, name) }
 
 // expandFile turns a -f argument into files: a directory gives its
 // .yaml, .yml and .json files in name order, as kubectl without -R does.
@@ -185,14 +228,14 @@ func expandFile(path string) ([]string, error) {
 
 // placeInNamespace puts objects without a namespace into namespace and, as
 // kubectl, refuses objects of another namespace when -n was given.
-func placeInNamespace(sets []*appsv1.DaemonSet, namespace string, explicit bool) error {
-	for _, ds := range sets {
-		switch {
-		case ds.Namespace == "":
-			ds.Namespace = namespace
-		case explicit && ds.Namespace != namespace:
+func placeInNamespace(objs []metav1.Object, namespace string, explicit bool) error {
+	for _, o := range objs {
+		switch ns := o.GetNamespace(); {
+		case ns == "":
+			o.SetNamespace(namespace)
+		case explicit && ns != namespace:
 			return fmt.Errorf("the namespace from the provided object %q does not match the namespace %q. You must pass '--namespace=%s' to perform this operation: %w",
-				ds.Namespace, namespace, ds.Namespace, errdefs.ErrInvalidArgument)
+				ns, namespace, ns, errdefs.ErrInvalidArgument)
 		}
 	}
 	return nil

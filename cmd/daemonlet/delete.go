@@ -27,11 +27,11 @@ func newDeleteCommand() *cobra.Command {
 	var cascade string
 	var ignoreNotFound bool
 	cmd := &cobra.Command{
-		Use:   "delete ((ds|pod|node) NAME... | -f FILE)",
-		Short: "Delete DaemonSets, pods or nodes by name or by manifest",
+		Use:   "delete ((ds|pod|node|cm|secret) NAME... | -f FILE)",
+		Short: "Delete DaemonSets, pods, nodes, ConfigMaps or Secrets by name or by manifest",
 	}
 	flags := addClientFlags(cmd)
-	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file, directory or - whose DaemonSets to delete")
+	cmd.Flags().StringSliceVarP(&files, "filename", "f", nil, "manifest file, directory or - whose objects to delete")
 	cmd.Flags().StringVar(&cascade, "cascade", "background", `"background", "foreground" or "orphan" (keep the DaemonSet's pods running)`)
 	cmd.Flags().Lookup("cascade").NoOptDefVal = "background"
 	cmd.Flags().BoolVar(&ignoreNotFound, "ignore-not-found", false, "treat a missing object as deleted")
@@ -56,6 +56,10 @@ func newDeleteCommand() *cobra.Command {
 				err = c.DaemonSets(t.namespace).Delete(cmd.Context(), t.name, opts)
 			case kindPod:
 				err = c.Pods(t.namespace).Delete(cmd.Context(), t.name, opts)
+			case kindConfigMap:
+				err = c.ConfigMaps(t.namespace).Delete(cmd.Context(), t.name, opts)
+			case kindSecret:
+				err = c.Secrets(t.namespace).Delete(cmd.Context(), t.name, opts)
 			default:
 				err = c.Nodes().Delete(cmd.Context(), t.name, opts)
 			}
@@ -133,8 +137,13 @@ func manifestTargets(files []string, namespace string, cmd *cobra.Command) ([]ta
 			for _, o := range objs {
 				t := target{kind: kindDaemonSet, namespace: namespace}
 				m := metav1.Object(o.DaemonSet)
-				if o.Pod != nil {
+				switch {
+				case o.Pod != nil:
 					t.kind, m = kindPod, o.Pod
+				case o.ConfigMap != nil:
+					t.kind, m = kindConfigMap, o.ConfigMap
+				case o.Secret != nil:
+					t.kind, m = kindSecret, o.Secret
 				}
 				t.name = m.GetName()
 				if m.GetNamespace() != "" {

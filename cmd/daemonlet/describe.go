@@ -22,8 +22,8 @@ import (
 // newDescribeCommand is kubectl describe for a DaemonSet, node or pod.
 func newDescribeCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "describe (ds|node|pod) NAME",
-		Short: "Show the details of a DaemonSet, node or pod",
+		Use:   "describe (ds|node|pod|cm|secret) NAME",
+		Short: "Show the details of a DaemonSet, node, pod, ConfigMap or Secret (without its values)",
 		Args:  cobra.ExactArgs(2),
 	}
 	flags := addClientFlags(cmd)
@@ -59,6 +59,18 @@ func newDescribeCommand() *cobra.Command {
 				return err
 			}
 			return describeNode(out, node, pods.Items, now)
+		case kindConfigMap:
+			cm, err := c.ConfigMaps(flags.namespace).Get(ctx, name)
+			if err != nil {
+				return err
+			}
+			return describeConfigMap(out, cm)
+		case kindSecret:
+			secret, err := c.Secrets(flags.namespace).Get(ctx, name)
+			if err != nil {
+				return err
+			}
+			return describeSecret(out, secret)
 		default:
 			pod, err := c.Pods(flags.namespace).Get(ctx, name)
 			if err != nil {

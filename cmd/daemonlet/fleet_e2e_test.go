@@ -27,6 +27,11 @@ type serverProc struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	logFile string
+	// extraArgs are added to the server's command line (the etcd flags).
+	extraArgs []string
+	// urls are the servers the CLI and agents are given, s.url() when
+	// empty (several replicas of one API).
+	urls []string
 }
 
 const adminToken = "admin-token-e2e"
@@ -63,6 +68,14 @@ func newServer(t *testing.T, nodes ...string) *serverProc {
 
 func (s *serverProc) url() string { return "http://" + s.addr }
 
+// serverList is the --server value of the CLI and agents.
+func (s *serverProc) serverList() string {
+	if len(s.urls) == 0 {
+		return s.url()
+	}
+	return strings.Join(s.urls, ",")
+}
+
 func (s *serverProc) start() {
 	s.t.Helper()
 	host, port, _ := strings.Cut(s.addr, ":")
@@ -73,6 +86,7 @@ func (s *serverProc) start() {
 	defer log.Close()
 	cmd := exec.Command(s.bin, "server", "--bind-address", host, "--secure-port", port,
 		"--data-dir", s.dataDir, "--token-auth-file", s.tokens)
+	cmd.Args = append(cmd.Args, s.extraArgs...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -101,7 +115,7 @@ func (s *serverProc) stop(sig syscall.Signal) {
 
 // cli runs the daemonlet CLI against the server as the admin.
 func (s *serverProc) cli(args ...string) (string, error) {
-	full := append([]string{"--server", s.url(), "--token", adminToken}, args...)
+	full := append([]string{"--server", s.serverList(), "--token", adminToken}, args...)
 	cmd := exec.Command(s.bin, full...)
 	cmd.Env = append(os.Environ(), "DAEMONLET_CONFIG="+filepath.Join(s.t.TempDir(), "none"))
 	out, err := cmd.CombinedOutput()
@@ -162,7 +176,7 @@ func fleetNode(t *testing.T, s *serverProc, name string) *node {
 	if err := os.WriteFile(tokenFile, []byte(nodeToken(name)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	n := newNode(t, "nodeLabels: {logging: \"true\"}\n", "--server", s.url(), "--token-file", tokenFile)
+	n := newNode(t, "nodeLabels: {logging: \"true\"}\n", "--server", s.serverList(), "--token-file", tokenFile)
 	n.name = name
 	n.start()
 	return n

@@ -15,12 +15,13 @@ import (
 	"github.com/daemonlet/daemonlet/api/client"
 )
 
-// newGetCommand is kubectl get for DaemonSets, Nodes and Pods.
+// newGetCommand is kubectl get for DaemonSets, Nodes, Pods, ConfigMaps and
+// Secrets.
 func newGetCommand() *cobra.Command {
 	var output, selector string
 	cmd := &cobra.Command{
-		Use:   "get (ds|nodes|pods) [NAME]",
-		Short: "Display one or many DaemonSets, nodes or pods",
+		Use:   "get (ds|nodes|pods|cm|secrets) [NAME]",
+		Short: "Display one or many DaemonSets, nodes, pods, ConfigMaps or Secrets",
 		Args:  cobra.RangeArgs(1, 2),
 	}
 	flags := addClientFlags(cmd)
@@ -71,6 +72,10 @@ func fetch(ctx context.Context, c *client.Client, kind kindInfo, namespace, name
 		return fetchTyped(ctx, c.DaemonSets(namespace), name, opts, func(l *appsv1.DaemonSetList) []appsv1.DaemonSet { return l.Items })
 	case kindNode:
 		return fetchTyped(ctx, c.Nodes(), name, opts, func(l *corev1.NodeList) []corev1.Node { return l.Items })
+	case kindConfigMap:
+		return fetchTyped(ctx, c.ConfigMaps(namespace), name, opts, func(l *corev1.ConfigMapList) []corev1.ConfigMap { return l.Items })
+	case kindSecret:
+		return fetchTyped(ctx, c.Secrets(namespace), name, opts, func(l *corev1.SecretList) []corev1.Secret { return l.Items })
 	default:
 		return fetchTyped(ctx, c.Pods(namespace), name, opts, func(l *corev1.PodList) []corev1.Pod { return l.Items })
 	}
@@ -130,6 +135,10 @@ func printGet(out, errOut io.Writer, kind kindInfo, objs []runtime.Object, v get
 		return printDaemonSets(out, typed[appsv1.DaemonSet](objs), v.table)
 	case kindNode:
 		return printNodes(out, typed[corev1.Node](objs), v.table)
+	case kindConfigMap:
+		return printConfigMaps(out, typed[corev1.ConfigMap](objs), v.table)
+	case kindSecret:
+		return printSecrets(out, typed[corev1.Secret](objs), v.table)
 	default:
 		return printPods(out, typed[corev1.Pod](objs), v.table)
 	}

@@ -32,6 +32,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newAgentCommand())
 	root.AddCommand(newServerCommand())
 	root.AddCommand(newApplyCommand())
+	root.AddCommand(newCreateCommand())
 	root.AddCommand(newGetCommand())
 	root.AddCommand(newDescribeCommand())
 	root.AddCommand(newDeleteCommand())

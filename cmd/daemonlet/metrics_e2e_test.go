@@ -21,21 +21,26 @@ import (
 	"github.com/daemonlet/daemonlet/internal/ctdtest"
 )
 
-// startPrometheus runs Prometheus scraping target every second, with its
-// storage in a temp dir, and returns its 127.0.0.1 address. It is killed by
-// pid when the test ends.
+// startPrometheus runs Prometheus scraping the agent at target every
+// second, with its storage in a temp dir, and returns its 127.0.0.1
+// address. It is killed by pid when the test ends.
 func startPrometheus(t *testing.T, target string) string {
+	t.Helper()
+	return startPrometheusJobs(t, fmt.Sprintf(`  - job_name: daemonlet-agent
+    static_configs: [{targets: [%q]}]
+`, target))
+}
+
+// startPrometheusJobs runs Prometheus with jobs (YAML list items of
+// scrape_configs) scraped every second.
+func startPrometheusJobs(t *testing.T, jobs string) string {
 	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		ctdtest.Unavailable(t, "prometheus (Debian package prometheus, or make deps): %v", err)
 	}
 	dir := t.TempDir()
-	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
-scrape_configs:
-  - job_name: daemonlet-agent
-    static_configs: [{targets: [%q]}]
-`, target)
+	cfg := "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n" + jobs
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -178,5 +183,48 @@ func TestPrometheusScrapesAgent(t *testing.T) {
 	check.Stdin = bytes.NewReader(body)
 	if out, err := check.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// TestPrometheusScrapesServer has Prometheus scrape a real `daemonlet
+// server` with a bearer token file, as deploy/prometheus/prometheus.yml
+// does, and checks with PromQL the DaemonSet and node gauges once a
+// DaemonSet runs on one agent, and the request metrics.
+func TestPrometheusScrapesServer(t *testing.T) {
+	s := newServer(t, "prom-node")
+	s.start()
+	tokenFile := filepath.Join(t.TempDir(), "prometheus-token")
+	if err := os.WriteFile(tokenFile, []byte(adminToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	prom := startPrometheusJobs(t, fmt.Sprintf(`  - job_name: daemonlet-server
+    authorization: {credentials_file: %q}
+    static_configs: [{targets: [%q]}]
+`, tokenFile, s.addr))
+	fleetNode(t, s, "prom-node")
+	manifest := filepath.Join(t.TempDir(), "plain.yaml")
+	if err := os.WriteFile(manifest, []byte(plainDS), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.cli("apply", "-f", manifest); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	s.waitDS("default", "plain", 1, 1, 1)
+
+	waitQuery(t, prom, `up{job="daemonlet-server"}`, equals(1))
+	ds := `{job="daemonlet-server",namespace="default",daemonset="plain"}`
+	for _, name := range []string{"desired_number_scheduled", "current_number_scheduled", "number_ready", "number_available", "updated_number_scheduled"} {
+		waitQuery(t, prom, "daemonlet_daemonset_status_"+name+ds, equals(1))
+	}
+	waitQuery(t, prom, "daemonlet_daemonset_status_number_misscheduled"+ds, equals(0))
+	waitQuery(t, prom, `daemonlet_node_status_condition{node="prom-node",condition="Ready",status="true"}`, equals(1))
+	waitQuery(t, prom, `daemonlet_server_nodes{ready="true"}`, equals(1))
+	// The agent's watches of DaemonSets, its Node and its pods.
+	waitQuery(t, prom, `sum(daemonlet_server_watches)`, func(v float64) bool { return v >= 2 })
+	waitQuery(t, prom, `sum(daemonlet_server_requests_total{verb="POST",resource="daemonsets",code="201"})`, equals(1))
+	waitQuery(t, prom, `sum(daemonlet_server_request_duration_seconds_count{verb="PUT",resource="nodes",subresource="status"}) > 0`, func(v float64) bool { return v > 0 })
+	// The alert rules' expressions see a healthy DaemonSet.
+	if vals, err := promQuery(prom, `daemonlet_daemonset_status_updated_number_scheduled != daemonlet_daemonset_status_desired_number_scheduled`); err != nil || len(vals) != 0 {
+		t.Errorf("rollout-stuck expression: %v (error %v)", vals, err)
 	}
 }

@@ -37,6 +37,8 @@ var (
 	kindDaemonSet = kindInfo{resource: "daemonsets", gvk: appsv1.SchemeGroupVersion.WithKind("DaemonSet"), namespaced: true}
 	kindNode      = kindInfo{resource: "nodes", gvk: corev1.SchemeGroupVersion.WithKind("Node")}
 	kindPod       = kindInfo{resource: "pods", gvk: corev1.SchemeGroupVersion.WithKind("Pod"), namespaced: true}
+	kindConfigMap = kindInfo{resource: "configmaps", gvk: corev1.SchemeGroupVersion.WithKind("ConfigMap"), namespaced: true}
+	kindSecret    = kindInfo{resource: "secrets", gvk: corev1.SchemeGroupVersion.WithKind("Secret"), namespaced: true}
 )
 
 // lookupKind resolves kubectl's names and short names of a resource type.
@@ -48,6 +50,10 @@ func lookupKind(name string) (kindInfo, error) {
 		return kindNode, nil
 	case "po", "pod", "pods":
 		return kindPod, nil
+	case "cm", "configmap", "configmaps":
+		return kindConfigMap, nil
+	case "secret", "secrets":
+		return kindSecret, nil
 	}
 	return kindInfo{}, fmt.Errorf("the server doesn't have a resource type %q: %w", name, errdefs.ErrInvalidArgument)
 }

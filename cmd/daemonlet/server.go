@@ -15,7 +15,10 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/daemonlet/daemonlet/api/server"
 	"github.com/daemonlet/daemonlet/store/cluster"
@@ -31,6 +34,35 @@ type serverFlags struct {
 	tokenAuthFile   string
 	insecurePublic  bool
 	nodeGracePeriod time.Duration
+	etcd            etcdFlags
+	// encryptionConfig is kube-apiserver's --encryption-provider-config.
+	encryptionConfig string
+}
+
+// etcdFlags name the etcd cluster with kube-apiserver's flags.
+type etcdFlags struct {
+	servers                   []string
+	caFile, certFile, keyFile string
+	prefix                    string
+}
+
+// add registers the etcd flags on fl.
+func (e *etcdFlags) add(fl *pflag.FlagSet) {
+	fl.StringSliceVar(&e.servers, "etcd-servers", nil,
+		"etcd client URLs (repeatable or comma-separated); the objects are stored there instead of --data-dir, and several servers can share them")
+	fl.StringVar(&e.caFile, "etcd-cafile", "", "the CA (PEM) that signs the etcd members' certificates")
+	fl.StringVar(&e.certFile, "etcd-certfile", "", "the client certificate (PEM) presented to etcd")
+	fl.StringVar(&e.keyFile, "etcd-keyfile", "", "the private key (PEM) of --etcd-certfile")
+	fl.StringVar(&e.prefix, "etcd-prefix", cluster.DefaultEtcdPrefix, "the prefix of every etcd key the server writes")
+}
+
+// open connects to the etcd cluster the flags name.
+func (e *etcdFlags) open(logger *slog.Logger) (*cluster.Etcd, error) {
+	return cluster.OpenEtcd(cluster.EtcdConfig{
+		Endpoints: e.servers, Prefix: e.prefix,
+		CAFile: e.caFile, CertFile: e.certFile, KeyFile: e.keyFile,
+		Logger: logger,
+	})
 }
 
 func newServerCommand() *cobra.Command {
@@ -39,11 +71,14 @@ func newServerCommand() *cobra.Command {
 		Use:   "server",
 		Short: "Run the central server: the DaemonSet, Node and Pod API the agents and the CLI use",
 		Long: `Run the central server. It stores DaemonSets, Nodes and Pods in a bbolt file
-under --data-dir, serves them over a Kubernetes-style REST API (kubectl get works
-against it), streams changes to the agents, and computes DaemonSet status.
+under --data-dir, or in etcd with --etcd-servers (then any number of servers can
+share it: they all serve the API and elect one to compute status), serves them
+over a Kubernetes-style REST API (kubectl get works against it), streams changes
+to the agents, and computes DaemonSet status.
 Without --tls-cert-file it speaks plain HTTP, on a loopback --bind-address only
 unless --insecure-allow-plain-http-on-public-address is given. Without
---token-auth-file every request is an admin. SIGTERM stops it gracefully.`,
+--token-auth-file every request is an admin. /metrics (Prometheus) answers
+admins and the group system:monitoring. SIGTERM stops it gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runServer(cmd.Context(), f) },
 	}
@@ -58,6 +93,53 @@ unless --insecure-allow-plain-http-on-public-address is given. Without
 		"allow plain HTTP (no TLS) on a non-loopback --bind-address: tokens and data then cross the network in clear text")
 	fl.DurationVar(&f.nodeGracePeriod, "node-monitor-grace-period", server.DefaultNodeMonitorGracePeriod,
 		"how long a node may stop posting status before it is marked Ready=Unknown")
+	fl.StringVar(&f.encryptionConfig, "encryption-provider-config", "",
+		"an EncryptionConfiguration (apiserver.config.k8s.io/v1) file: how Secrets are encrypted at rest (aesgcm, identity); without it they are stored in plain")
+	f.etcd.add(fl)
+	cmd.AddCommand(newServerMigrateCommand())
+	return cmd
+}
+
+// newServerMigrateCommand copies a single server's bbolt store into etcd.
+func newServerMigrateCommand() *cobra.Command {
+	var from string
+	e := &etcdFlags{}
+	cmd := &cobra.Command{
+		Use:   "migrate --from-bbolt DIR --etcd-servers URL[,URL...]",
+		Short: "Copy a single server's store (its --data-dir) into etcd",
+		Long: `Copy every DaemonSet, Node and Pod of a stopped server's --data-dir into etcd,
+for moving to servers started with --etcd-servers. Objects keep their content
+but their resourceVersions renumber (etcd's revisions) and the watch history is
+not copied: agents and other watchers relist. It refuses to write into an etcd
+prefix that already holds objects; after a failed copy, delete the prefix and
+run it again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" || len(e.servers) == 0 {
+				return errors.New("--from-bbolt and --etcd-servers are required")
+			}
+			logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			src, err := cluster.OpenBolt(filepath.Join(from, "cluster.db"), cluster.BoltOptions{LockTimeout: time.Second, Logger: logger})
+			if err != nil {
+				return fmt.Errorf("--from-bbolt (a server still running on it holds its lock): %w", err)
+			}
+			defer src.Close()
+			dst, err := e.open(logger)
+			if err != nil {
+				return err
+			}
+			defer dst.Close()
+			n, err := cluster.CopyStore(cmd.Context(), dst, src)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "copied %d objects from %s to etcd %s\n", n, from, e.prefix)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&from, "from-bbolt", "", "the --data-dir of the server to copy")
+	e.add(fl)
 	return cmd
 }
 
@@ -90,15 +172,45 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	} else {
 		logger.Warn("no --token-auth-file: authentication is off and every request is an admin")
 	}
-	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
-		return fmt.Errorf("--data-dir: %w", err)
+	// A private registry: the server's metrics and its process', served
+	// at /metrics to admins and the system:monitoring group.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg := server.Config{Tokens: tokens, Logger: logger, NodeMonitorGracePeriod: f.nodeGracePeriod, Metrics: reg}
+	if f.encryptionConfig != "" {
+		enc, err := server.LoadEncryptionConfig(f.encryptionConfig)
+		if err != nil {
+			return fmt.Errorf("--encryption-provider-config: %w", err)
+		}
+		cfg.Encryption = enc
 	}
-	db, err := cluster.OpenBolt(filepath.Join(f.dataDir, "cluster.db"), cluster.BoltOptions{LockTimeout: 5 * time.Second, Logger: logger})
-	if err != nil {
-		return err
+	if !cfg.Encryption.Encrypts("secrets") {
+		logger.Warn("Secrets are stored in plain: give --encryption-provider-config with an aesgcm provider first to encrypt them at rest")
 	}
-	defer db.Close()
-	srv, err := server.New(server.Config{Store: db, Tokens: tokens, Logger: logger, NodeMonitorGracePeriod: f.nodeGracePeriod})
+	if len(f.etcd.servers) > 0 {
+		db, err := f.etcd.open(logger)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		host, _ := os.Hostname() // only names the leader for operators
+		identity := fmt.Sprintf("%s:%d/%d", host, f.securePort, os.Getpid())
+		cfg.Store, cfg.Elector = db, cluster.NewEtcdElector(db, identity, 0)
+		// Heartbeats reaching other replicas must reach the leader's node
+		// monitor through etcd well within the grace period.
+		cfg.HeartbeatWriteInterval = f.nodeGracePeriod / 2
+	} else {
+		if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+			return fmt.Errorf("--data-dir: %w", err)
+		}
+		db, err := cluster.OpenBolt(filepath.Join(f.dataDir, "cluster.db"), cluster.BoltOptions{LockTimeout: 5 * time.Second, Logger: logger})
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		cfg.Store = db
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}

@@ -91,6 +91,19 @@ func BuildVariant(ctx context.Context, outTar, ref string, cmd []string) error {
 	return nil
 }
 
+// BuildProgram writes an image like the test image's, tagged ref, whose
+// program (at BinaryPath, the entrypoint) is the static executable program
+// instead of the test program, with Cmd cmd: how the bootstrap example
+// packs the daemonlet binary (built with CGO_ENABLED=0) so that an agent
+// can run `daemonlet server` as a static pod without a registry.
+func BuildProgram(outTar, ref string, program []byte, cmd []string) error {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return fmt.Errorf("image reference %q: %w: %w", ref, errdefs.ErrInvalidArgument, err)
+	}
+	return writeImage(outTar, named, ref, program, cmd)
+}
+
 // BuildDockerArchive writes the test image, tagged ref, with Cmd DefaultCmd,
 // to outTar in the format `docker save` writes (manifest.json naming a
 // config file and an uncompressed layer.tar per layer), for tests of the

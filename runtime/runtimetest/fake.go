@@ -4,7 +4,7 @@
 // Fake keeps containers with their states, assigns PIDs from a counter,
 // timestamps everything with an injected clock, and lets a test make a
 // container exit (Exit), make pulls or creates fail (FailPull, FailCreate) or
-// hang (BlockCreate). It is a state machine rather than a set of per-method
+// hang (BlockCreate), and answer commands run in a container (HandleExec). It is a state machine rather than a set of per-method
 // mocks, so that the agent can call it in any order and always see a
 // consistent world.
 package runtimetest
@@ -12,6 +12,8 @@ package runtimetest
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
@@ -39,11 +41,16 @@ type Fake struct {
 	stops      map[string]Stop
 	events     []string
 	nextPID    uint32
+	sbRoot     string
+	podIP      string
+	execFns    map[string]ExecFunc
+	execs      map[string][]time.Time
 }
 
 type container struct {
 	status runtime.Container
-	exited chan struct{} // closed when the task exits
+	spec   corev1.Container // as CreateContainer received it
+	exited chan struct{}    // closed when the task exits
 }
 
 // New returns an empty fake runtime whose timestamps come from clk.
@@ -59,6 +66,9 @@ func New(clk clock.PassiveClock) *Fake {
 		containers: map[string]*container{},
 		stops:      map[string]Stop{},
 		nextPID:    1000,
+		podIP:      "10.88.0.2",
+		execFns:    map[string]ExecFunc{},
+		execs:      map[string][]time.Time{},
 	}
 }
 
@@ -205,10 +215,96 @@ func (f *Fake) RunSandbox(ctx context.Context, pod *runtime.Pod) (*runtime.Sandb
 	if sb, ok := f.sandboxes[pod.UID]; ok {
 		return sb, nil
 	}
-	sb := &runtime.Sandbox{PodUID: pod.UID, Dir: "/fake/pods/" + pod.UID, IP: "10.88.0.2", HostIP: "127.0.0.1"}
+	sb := &runtime.Sandbox{PodUID: pod.UID, Dir: "/fake/pods/" + pod.UID, IP: f.podIP, HostIP: "127.0.0.1"}
+	if f.sbRoot != "" {
+		sb.Dir = filepath.Join(f.sbRoot, pod.UID)
+		for _, v := range pod.Spec.Volumes {
+			if err := os.MkdirAll(sb.VolumePath(v.Name), 0o755); err != nil {
+				return nil, err
+			}
+		}
+	}
 	f.sandboxes[pod.UID] = sb
 	f.record("sandbox %s", pod.Name)
 	return sb, nil
+}
+
+// SetPodIP gives the sandboxes created afterwards that IP (default
+// 10.88.0.2), so that a test can point network probes at its own listeners
+// on 127.0.0.1.
+func (f *Fake) SetPodIP(ip string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.podIP = ip
+}
+
+// ExecFunc answers one command run in a container: its exit code, its
+// output, or an error when the command could not run.
+type ExecFunc func(ctx context.Context, cmd []string) (int, []byte, error)
+
+// HandleExec makes commands run in containers of that name answer with fn,
+// until called with nil; without a handler every command exits 0.
+func (f *Fake) HandleExec(name string, fn ExecFunc) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fn == nil {
+		delete(f.execFns, name)
+		return
+	}
+	f.execFns[name] = fn
+}
+
+// Execs returns when commands were run (by the injected clock) in
+// containers of that name, so that tests can check probe periods exactly.
+func (f *Fake) Execs(name string) []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]time.Time(nil), f.execs[name]...)
+}
+
+// Exec runs cmd in a running container through its HandleExec handler.
+func (f *Fake) Exec(ctx context.Context, id string, cmd []string) (int, []byte, error) {
+	f.mu.Lock()
+	c, ok := f.containers[id]
+	if !ok {
+		f.mu.Unlock()
+		return -1, nil, fmt.Errorf("container %s: %w", id, errdefs.ErrNotFound)
+	}
+	if c.status.State != runtime.StateRunning {
+		f.mu.Unlock()
+		return -1, nil, fmt.Errorf("container %s is %v: %w", id, c.status.State, errdefs.ErrFailedPrecondition)
+	}
+	name := c.status.Name
+	f.execs[name] = append(f.execs[name], f.clock.Now())
+	fn := f.execFns[name]
+	f.mu.Unlock()
+	if fn == nil {
+		return 0, nil, nil
+	}
+	return fn(ctx, cmd)
+}
+
+// SetSandboxRoot makes sandboxes created afterwards real directories under
+// dir, each with its volumes' directories, so that a test can check the
+// files an agent writes into volumes; without it a sandbox's Dir is a path
+// that does not exist.
+func (f *Fake) SetSandboxRoot(dir string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sbRoot = dir
+}
+
+// CreatedSpec returns the container spec that CreateContainer received for
+// the container id, as the agent resolved it (env values from ConfigMaps and
+// Secrets).
+func (f *Fake) CreatedSpec(id string) (corev1.Container, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.containers[id]
+	if !ok {
+		return corev1.Container{}, false
+	}
+	return *c.spec.DeepCopy(), true
 }
 
 // RemoveSandbox removes the pod's sandbox; a missing one is not an error.
@@ -264,7 +360,7 @@ func (f *Fake) CreateContainer(ctx context.Context, pod *runtime.Pod, sb *runtim
 		runtime.LabelContainerName: c.Name,
 		runtime.LabelAttempt:       strconv.Itoa(attempt),
 		runtime.LabelInit:          strconv.FormatBool(init),
-		runtime.LabelSpecHash:      runtime.ContainerSpecHash(c),
+		runtime.LabelSpecHash:      runtime.CreatedSpecHash(pod, c),
 	}
 	f.containers[id] = &container{
 		status: runtime.Container{
@@ -273,6 +369,7 @@ func (f *Fake) CreateContainer(ctx context.Context, pod *runtime.Pod, sb *runtim
 			SpecHash: labels[runtime.LabelSpecHash], Labels: labels,
 			State: runtime.StateCreated, CreatedAt: f.clock.Now(),
 		},
+		spec:   *c.DeepCopy(),
 		exited: make(chan struct{}),
 	}
 	f.record("create %s#%d", c.Name, attempt)
