@@ -100,20 +100,17 @@ type rawEntry struct {
 	err         error
 }
 
-// ListDesired returns every decodable desired record, ordered by source and
-// key, plus the errors of undecodable ones keyed by "<source>/<key>" (or
-// "<source>" when the source's bucket itself is damaged; nil when there are
-// none), so that one corrupt record does not hide the others.
-// The error result is for failures that make the whole list unreadable.
-func (db *DB) ListDesired() ([]DesiredRecord, map[string]error, error) {
+// readSourceBuckets copies out every value of a per-source bucket tree
+// (root/<name>/<source>/<key>), with a per-entry error for what is damaged.
+func (db *DB) readSourceBuckets(name []byte) ([]rawEntry, error) {
 	var entries []rawEntry
 	err := db.bolt.View(func(tx *bolt.Tx) error {
-		desired, err := rootBucket(tx, bucketDesired)
+		root, err := rootBucket(tx, name)
 		if err != nil {
 			return err
 		}
-		return desired.ForEach(func(source, _ []byte) error {
-			b := desired.Bucket(source)
+		return root.ForEach(func(source, _ []byte) error {
+			b := root.Bucket(source)
 			if b == nil {
 				entries = append(entries, rawEntry{bucket: string(source), err: fmt.Errorf(
 					"source %s is a plain value, want a bucket: %w", source, errdefs.ErrDataLoss)})
@@ -132,6 +129,16 @@ func (db *DB) ListDesired() ([]DesiredRecord, map[string]error, error) {
 			})
 		})
 	})
+	return entries, err
+}
+
+// ListDesired returns every decodable desired record, ordered by source and
+// key, plus the errors of undecodable ones keyed by "<source>/<key>" (or
+// "<source>" when the source's bucket itself is damaged; nil when there are
+// none), so that one corrupt record does not hide the others.
+// The error result is for failures that make the whole list unreadable.
+func (db *DB) ListDesired() ([]DesiredRecord, map[string]error, error) {
+	entries, err := db.readSourceBuckets(bucketDesired)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list desired state: %w", err)
 	}

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -130,31 +129,7 @@ func (db *DB) ReplaceObjects(source string, recs []ObjectRecord) error {
 // per-key error. The error result is for failures that make the whole list
 // unreadable.
 func (db *DB) ListObjects() ([]ObjectRecord, map[string]error, error) {
-	var entries []rawEntry
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		objects, err := rootBucket(tx, bucketObjects)
-		if err != nil {
-			return err
-		}
-		return objects.ForEach(func(source, _ []byte) error {
-			b := objects.Bucket(source)
-			if b == nil {
-				entries = append(entries, rawEntry{bucket: string(source), err: fmt.Errorf(
-					"source %s is a plain value, want a bucket: %w", source, errdefs.ErrDataLoss)})
-				return nil
-			}
-			return b.ForEach(func(k, v []byte) error {
-				e := rawEntry{bucket: string(source), key: string(k)}
-				if v == nil {
-					e.err = fmt.Errorf("nested bucket where a record belongs: %w", errdefs.ErrDataLoss)
-				} else {
-					e.value = bytes.Clone(v)
-				}
-				entries = append(entries, e)
-				return nil
-			})
-		})
-	})
+	entries, err := db.readSourceBuckets(bucketObjects)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list objects: %w", err)
 	}
