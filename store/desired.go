@@ -62,31 +62,7 @@ func (db *DB) ReplaceDesired(source string, recs []DesiredRecord) error {
 		}
 		values[rec.Key] = v
 	}
-	err := db.bolt.Update(func(tx *bolt.Tx) error {
-		desired, err := rootBucket(tx, bucketDesired)
-		if err != nil {
-			return err
-		}
-		// Dropping the bucket and refilling it is what makes the set replace
-		// whole: keys the source no longer sends disappear in the same commit.
-		if err := deleteEntry(desired, []byte(source)); err != nil {
-			return err
-		}
-		if len(values) == 0 {
-			return nil
-		}
-		b, err := desired.CreateBucket([]byte(source))
-		if err != nil {
-			return err
-		}
-		for k, v := range values {
-			if err := b.Put([]byte(k), v); err != nil {
-				return fmt.Errorf("put %s: %w", k, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := db.replaceSourceBucket(bucketDesired, source, values); err != nil {
 		return fmt.Errorf("replace desired state of source %s: %w", source, err)
 	}
 	return nil
@@ -98,6 +74,34 @@ type rawEntry struct {
 	bucket, key string
 	value       []byte
 	err         error
+}
+
+// replaceSourceBucket replaces root/<name>/<source> with values in one
+// commit. Dropping the bucket and refilling it is what makes the set
+// replace whole: keys the source no longer sends disappear with it.
+func (db *DB) replaceSourceBucket(name []byte, source string, values map[string][]byte) error {
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		root, err := rootBucket(tx, name)
+		if err != nil {
+			return err
+		}
+		if err := deleteEntry(root, []byte(source)); err != nil {
+			return err
+		}
+		if len(values) == 0 {
+			return nil
+		}
+		b, err := root.CreateBucket([]byte(source))
+		if err != nil {
+			return err
+		}
+		for k, v := range values {
+			if err := b.Put([]byte(k), v); err != nil {
+				return fmt.Errorf("put %s: %w", k, err)
+			}
+		}
+		return nil
+	})
 }
 
 // readSourceBuckets copies out every value of a per-source bucket tree

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Object kinds an ObjectRecord may hold.
@@ -94,29 +93,7 @@ func (db *DB) ReplaceObjects(source string, recs []ObjectRecord) error {
 		}
 		values[id] = v
 	}
-	err := db.bolt.Update(func(tx *bolt.Tx) error {
-		objects, err := rootBucket(tx, bucketObjects)
-		if err != nil {
-			return err
-		}
-		if err := deleteEntry(objects, []byte(source)); err != nil {
-			return err
-		}
-		if len(values) == 0 {
-			return nil
-		}
-		b, err := objects.CreateBucket([]byte(source))
-		if err != nil {
-			return err
-		}
-		for k, v := range values {
-			if err := b.Put([]byte(k), v); err != nil {
-				return fmt.Errorf("put %s: %w", k, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := db.replaceSourceBucket(bucketObjects, source, values); err != nil {
 		return fmt.Errorf("replace objects of source %s: %w", source, err)
 	}
 	return nil
