@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -117,6 +118,17 @@ func nsLink(t *testing.T, pid any, kind string) string {
 	return link
 }
 
+// hostNSLink is the test process's own namespace of kind. It is read from
+// the calling thread, not from /proc/self: the thread group leader may be
+// the thread that a sandbox's namespace setup left locked in a pod's
+// namespace (Go parks rather than ends the main thread).
+func hostNSLink(t *testing.T, kind string) string {
+	t.Helper()
+	goruntime.LockOSThread()
+	defer goruntime.UnlockOSThread()
+	return nsLink(t, "thread-self", kind)
+}
+
 func TestContainersOfAPodShareNetworkIPCAndEmptyDir(t *testing.T) {
 	e := newTestEnv(t)
 	pod := newPod("pair", "write-file", "/shared/msg", "hello-from-server", "serve-http", "8080")
@@ -157,7 +169,7 @@ func TestContainersOfAPodShareNetworkIPCAndEmptyDir(t *testing.T) {
 			t.Fatal(err)
 		}
 		pinned := fmt.Sprintf("%s:[%d]", kind.name, st.Ino)
-		if a != b || a != pinned || a == nsLink(t, "self", kind.name) {
+		if a != b || a != pinned || a == hostNSLink(t, kind.name) {
 			t.Errorf("%s namespaces: server %s, client %s, want both the sandbox's %s, not the host's", kind.name, a, b, pinned)
 		}
 	}
