@@ -4,7 +4,7 @@
 
 GO ?= go
 
-.PHONY: build test lint deps image fuzz demo demo-down
+.PHONY: build test lint deps image fuzz demo demo-down bench soak
 
 build:
 	$(GO) build -o bin/daemonlet ./cmd/daemonlet
@@ -49,3 +49,16 @@ fuzz:
 		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
+
+# Benchmarks (bench/): every figure next to its reference, measured in the
+# same run; the table goes to stdout and bench/results.json.
+BENCH_OUT ?= $(CURDIR)/bench/out
+bench: deps
+	rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	DAEMONLET_BENCH=1 DAEMONLET_BENCH_OUT=$(BENCH_OUT) $(GO) test -count=1 -timeout 20m -run '^TestBench' ./bench/ ./agent/ ./api/server/
+	$(GO) run ./bench/report -in $(BENCH_OUT) -json bench/results.json
+
+# The long fault loops (tests named TestSoak*), run by .ci/run after make
+# test; under make test they run a few rounds only.
+soak: deps
+	DAEMONLET_SOAK=1 $(GO) test -count=1 -timeout 30m -run '^TestSoak' ./...

@@ -26,6 +26,7 @@ import (
 // create (K8S-SEMANTICS.md §3).
 func ValidateDaemonSet(ds *appsv1.DaemonSet) field.ErrorList {
 	allErrs := apimachineryvalidation.ValidateObjectMeta(&ds.ObjectMeta, true, apimachineryvalidation.NameIsDNSSubdomain, field.NewPath("metadata"))
+	allErrs = append(allErrs, validateRolloutAnnotations(&ds.ObjectMeta, field.NewPath("metadata"))...)
 	return append(allErrs, validateDaemonSetSpec(&ds.Spec, field.NewPath("spec"))...)
 }
 

@@ -49,6 +49,18 @@ func (c *Client) ConfigMaps(namespace string) *Resource[corev1.ConfigMap, corev1
 	return &Resource[corev1.ConfigMap, corev1.ConfigMapList]{c: c, gvk: corev1.SchemeGroupVersion.WithKind("ConfigMap"), resource: "configmaps", namespaced: true, namespace: namespace}
 }
 
+// ControllerRevisions is the namespaced apps/v1 controllerrevisions
+// collection: the revision history of DaemonSets.
+func (c *Client) ControllerRevisions(namespace string) *Resource[appsv1.ControllerRevision, appsv1.ControllerRevisionList] {
+	return &Resource[appsv1.ControllerRevision, appsv1.ControllerRevisionList]{c: c, gvk: appsv1.SchemeGroupVersion.WithKind("ControllerRevision"), resource: "controllerrevisions", namespaced: true, namespace: namespace}
+}
+
+// Events is the v1 Events of namespace; "" means all namespaces, which
+// allows only List and Watch.
+func (c *Client) Events(namespace string) *Resource[corev1.Event, corev1.EventList] {
+	return &Resource[corev1.Event, corev1.EventList]{c: c, gvk: corev1.SchemeGroupVersion.WithKind("Event"), resource: "events", namespaced: true, namespace: namespace}
+}
+
 // Secrets is the v1 Secrets of namespace; "" means all namespaces, which
 // allows only List and Watch.
 func (c *Client) Secrets(namespace string) *Resource[corev1.Secret, corev1.SecretList] {
