@@ -201,9 +201,21 @@ func authorize(u UserInfo, a attributes) (objectCheck, error) {
 		return ok && v == node
 	}
 	switch a.res.name {
-	case "daemonsets":
+	case "daemonsets", "controllerrevisions":
+		// An agent reads the templates of the revisions pinned on its
+		// node; they are no more secret than the DaemonSets.
 		if a.verb == "get" || a.verb == "list" || a.verb == "watch" {
 			return nil, nil
+		}
+	case "events":
+		// A node may report events about its own Node only: events about
+		// pods would need a read of each pod to check its binding, and
+		// agents report pod trouble in pod status.
+		if a.verb == "create" {
+			return func(o object) bool {
+				e, ok := o.(*corev1.Event)
+				return ok && e.InvolvedObject.Kind == "Node" && e.InvolvedObject.Name == node
+			}, nil
 		}
 	case "nodes":
 		switch a.verb {

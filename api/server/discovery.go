@@ -52,8 +52,8 @@ func (s *Server) discoveryRoutes(mux *http.ServeMux) {
 		path, groupVersion string
 		resources          []*resource
 	}{
-		{"/api/v1", "v1", []*resource{s.nodes, s.pods, s.configMaps, s.secrets}},
-		{"/apis/apps/v1", "apps/v1", []*resource{s.daemonSets}},
+		{"/api/v1", "v1", []*resource{s.nodes, s.pods, s.configMaps, s.secrets, s.events}},
+		{"/apis/apps/v1", "apps/v1", []*resource{s.daemonSets, s.controllerRevisions}},
 	} {
 		list := &metav1.APIResourceList{TypeMeta: metav1.TypeMeta{Kind: "APIResourceList", APIVersion: "v1"}, GroupVersion: gv.groupVersion}
 		for _, res := range gv.resources {

@@ -1,9 +1,9 @@
 // Package server is daemonlet's central endpoint: the Kubernetes-style REST
-// API for DaemonSets, Nodes, Pods, ConfigMaps and Secrets over a
-// cluster.Store, the watch
+// API for DaemonSets, Nodes, Pods, ConfigMaps, Secrets, ControllerRevisions
+// and Events over a cluster.Store, the watch
 // fan-out to agents, authentication and authorization, and the controllers
-// that must run once for the whole fleet (DaemonSet status, node heartbeat
-// timeouts, orphaning and adoption).
+// that must run once for the whole fleet (DaemonSet status and rollouts,
+// node heartbeat timeouts, orphaning and adoption).
 //
 // Layout:
 //
@@ -29,14 +29,26 @@
 //	               silent nodes Ready=Unknown;
 //	owners.go      orphaning on delete, adoption on create/update, and the
 //	               removal of a deleted node's pods;
-//	discovery.go   /version, /healthz, /api, /apis: enough for kubectl get.
+//	discovery.go   /version, /healthz, /api, /apis: enough for kubectl get;
+//	rollout.go     the rollout controller: it pins the revisions each node
+//	               runs in the Node's daemonlet.io/daemonset-revisions
+//	               annotation (the contract with the agents, api/rollout.go),
+//	               the progress deadline, automatic rollback, OnDelete's pod
+//	               deletion hook, NodeRestriction for the pins, its metrics;
+//	rollout_plan.go the pure planner of one rollout step (maxUnavailable,
+//	               maxSurge, OnDelete), table- and property-tested;
+//	revisions.go   ControllerRevisions: the resource, constructHistory and
+//	               cleanupHistory;
+//	events.go      core/v1 Events: the resource and the controllers'
+//	               recorder.
 //
 // # Several replicas
 //
 // Any number of servers may share one store (etcd): every one serves the
 // whole API, and writes stay consistent through the store's compare-and-swap
 // on revisions. The work that must happen once, the status controller and
-// the node monitor, runs only on the replica that Config.Elector elected;
+// the node monitor and the rollout controller, runs only on the replica
+// that Config.Elector elected;
 // Run campaigns, runs them for as long as the leadership lasts (cancelling
 // them when it is lost), campaigns again, and resigns on the way out so that
 // another replica takes over at once. Their writes carry the revision they

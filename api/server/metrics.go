@@ -60,7 +60,8 @@ func (s *Server) registerMetrics(reg *prometheus.Registry) error {
 			Help: "Watch streams open now, by resource.",
 		}, []string{"resource"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.watches, &stateCollector{s: s}} {
+	s.rolloutMetrics = newRolloutMetrics()
+	for _, c := range append([]prometheus.Collector{m.requests, m.duration, m.watches, &stateCollector{s: s}}, s.rolloutMetrics.collectors()...) {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

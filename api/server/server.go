@@ -65,6 +65,8 @@ type Server struct {
 
 	daemonSets, nodes, pods *resource
 	configMaps, secrets     *resource
+	controllerRevisions     *resource
+	events                  *resource
 	broadcasters            map[*resource]*broadcaster
 	hooks                   map[*resource]hooks
 	handler                 http.Handler
@@ -73,9 +75,14 @@ type Server struct {
 	// statusKick is the status controller's doorbell (cap 1, written
 	// without blocking).
 	statusKick chan struct{}
-	running    atomic.Bool
+	// rolloutKick is the rollout controller's doorbell (cap 1, written
+	// without blocking).
+	rolloutKick chan struct{}
+	running     atomic.Bool
 	// metrics counts and times API requests.
 	metrics *requestMetrics
+	// rolloutMetrics are the rollout controller's metrics.
+	rolloutMetrics *rolloutMetrics
 }
 
 // New checks the configuration and builds a server; call Run to start its
@@ -107,16 +114,22 @@ func New(cfg Config) (*Server, error) {
 		broadcasters: map[*resource]*broadcaster{},
 		heartbeats:   &heartbeats{last: map[string]time.Time{}, posted: map[string]time.Time{}},
 		statusKick:   make(chan struct{}, 1),
+		rolloutKick:  make(chan struct{}, 1),
 	}
 	s.daemonSets, s.nodes, s.pods = newResources()
 	s.configMaps, s.secrets = newObjectResources(cfg.Encryption)
+	s.controllerRevisions, s.events = newControllerRevisionResource(), newEventResource()
 	for _, res := range s.resources() {
-		s.broadcasters[res] = newBroadcaster(res, s.store, s.log, s.kickStatus)
+		notify := s.kickControllers
+		if res == s.events {
+			notify = func() {} // the controllers' own output; nothing to sync
+		}
+		s.broadcasters[res] = newBroadcaster(res, s.store, s.log, notify)
 	}
 	s.hooks = map[*resource]hooks{
 		s.daemonSets: {afterWrite: s.adoptPods, beforeDelete: s.orphanPods},
 		s.nodes:      {afterWrite: s.nodeWritten, afterDelete: s.deleteNodePods, statusUnchanged: s.nodeHeartbeat},
-		s.pods:       {},
+		s.pods:       {afterDelete: s.podDeleted},
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = prometheus.NewRegistry()
@@ -126,7 +139,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	mux := s.routes()
 	mux.Handle("GET "+PathMetrics, s.metricsHandler(cfg.Metrics))
-	s.handler = s.authenticate(mux)
+	s.handler = s.authenticate(s.guardNodeRevisions(mux))
 	return s, nil
 }
 
@@ -192,7 +205,8 @@ func (s *Server) lead(ctx context.Context) {
 		var wg sync.WaitGroup
 		wg.Go(func() { s.runStatusController(termCtx) })
 		wg.Go(func() { s.runNodeMonitor(termCtx) })
-		s.kickStatus()
+		wg.Go(func() { s.runRolloutController(termCtx) })
+		s.kickControllers()
 		wg.Wait()
 		cancel()
 	}
@@ -225,7 +239,7 @@ func (s *Server) routes() *http.ServeMux {
 
 // resources lists every served resource.
 func (s *Server) resources() []*resource {
-	return []*resource{s.daemonSets, s.nodes, s.pods, s.configMaps, s.secrets}
+	return []*resource{s.daemonSets, s.nodes, s.pods, s.configMaps, s.secrets, s.controllerRevisions, s.events}
 }
 
 // kickStatus asks the status controller for a sync without blocking.
