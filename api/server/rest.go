@@ -525,6 +525,26 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request, req request) (ob
 	if err != nil {
 		return nil, err
 	}
+	// A delete without a resourceVersion precondition that loses a race
+	// with another write (a controller's status update) re-reads and
+	// retries, as an unconditional update does: the client asked for no
+	// conflict.
+	for attempt := 0; ; attempt++ {
+		o, err := s.deleteOnce(r, req, &opts, check)
+		if errdefs.IsConflict(err) && (opts.Preconditions == nil || opts.Preconditions.ResourceVersion == nil) && attempt < maxUnconditionalRetries {
+			continue
+		}
+		if errdefs.IsConflict(err) {
+			return nil, storeError(res, req.name, err)
+		}
+		return o, err
+	}
+}
+
+// deleteOnce is one read-check-delete; a store conflict is returned as
+// is, for the caller to retry or report.
+func (s *Server) deleteOnce(r *http.Request, req request, opts *metav1.DeleteOptions, check objectCheck) (object, error) {
+	res := req.res
 	kv, old, err := s.read(r.Context(), req)
 	if err != nil {
 		return nil, err
@@ -547,11 +567,14 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request, req request) (ob
 	}
 	h := s.hooks[res]
 	if h.beforeDelete != nil {
-		if err := h.beforeDelete(r.Context(), old, &opts); err != nil {
+		if err := h.beforeDelete(r.Context(), old, opts); err != nil {
 			return nil, err
 		}
 	}
 	_, rev, err := s.store.Delete(r.Context(), kv.Key, kv.ModRevision)
+	if errdefs.IsConflict(err) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, storeError(res, req.name, err)
 	}
