@@ -498,21 +498,20 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 	var wakeAt time.Time
 	intents := make([]podIntent, 0, len(merged))
 	for _, d := range merged {
-		pod := buildPod(d, a.node)
-		dec, wake, why := decide(a.nodeObj, d.DaemonSet, pod.Spec.Tolerations, a.noExecuteSince, now)
+		var wake time.Time
+		intents, wake = a.appendIntents(intents, d, now)
 		wakeAt = earliest(wakeAt, wake)
-		intents = append(intents, podIntent{Key: pod.Namespace + "/" + pod.Name, UID: pod.UID, Decision: dec, Why: why, Pod: pod, Desired: d})
 	}
 	observed := make([]podObserved, 0, len(a.workers)+len(a.orphans))
 	for uid, w := range a.workers {
-		observed = append(observed, podObserved{Key: w.id.Namespace + "/" + w.id.Name, UID: uid, Worker: true, Terminating: w.stopping()})
+		observed = append(observed, podObserved{DaemonSet: w.id.owner(), Key: w.id.Namespace + "/" + w.id.Name, UID: uid, Worker: true, Terminating: w.stopping()})
 	}
 	for uid, o := range a.orphans {
 		key := ""
 		if o.id.Name != "" {
 			key = o.id.Namespace + "/" + o.id.Name
 		}
-		observed = append(observed, podObserved{Key: key, UID: uid, Terminating: o.record.Terminating})
+		observed = append(observed, podObserved{DaemonSet: o.id.owner(), Key: key, UID: uid, Terminating: o.record.Terminating})
 	}
 	a.metrics.setDesiredPods(intents)
 	plan := planPods(intents, observed, a.deletionsAllowedLocked())
@@ -524,7 +523,7 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 	for _, in := range plan.Start {
 		o := a.orphans[in.UID]
 		delete(a.orphans, in.UID)
-		id := podIdentity{Namespace: in.Pod.Namespace, Name: in.Pod.Name, DaemonSet: in.Desired.Name, Source: in.Desired.Source, Revision: in.Desired.Revision}
+		id := podIdentity{Namespace: in.Pod.Namespace, Name: in.Pod.Name, DaemonSet: in.Desired.Name, Source: in.Desired.Source, Revision: in.Pod.Revision}
 		a.startWorkerLocked(ctx, newPodWorker(a, in.UID, in.Pod, id, o.record))
 	}
 	for _, in := range plan.Update {
@@ -542,6 +541,29 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 		a.startWorkerLocked(ctx, w)
 	}
 	return wakeAt
+}
+
+// appendIntents appends the intents of one DaemonSet, oldest revision
+// first, and returns when its decision changes by itself. Eligibility is
+// the DaemonSet's; the NoExecute tolerations are those of the newest pod
+// (of the current template while the DaemonSet is held).
+func (a *Agent) appendIntents(intents []podIntent, d DesiredPod, now time.Time) ([]podIntent, time.Time) {
+	newest := d.Revisions[len(d.Revisions)-1]
+	if newest.Template == nil {
+		newest.Template = &d.DaemonSet.Spec.Template
+	}
+	dec, wake, why := decide(a.nodeObj, d.DaemonSet, buildPod(d, newest, a.node).Spec.Tolerations, a.noExecuteSince, now)
+	if d.held() {
+		return append(intents, podIntent{DaemonSet: d.Key(), Decision: dec, Why: why, Hold: true, Desired: d}), wake
+	}
+	for i, r := range d.Revisions {
+		pod := buildPod(d, r, a.node)
+		intents = append(intents, podIntent{
+			DaemonSet: d.Key(), Key: pod.Namespace + "/" + pod.Name, UID: pod.UID,
+			Decision: dec, Why: why, Kept: i < len(d.Revisions)-1, Pod: pod, Desired: d,
+		})
+	}
+	return intents, wake
 }
 
 // rebuildObjectsLocked merges the sources' ConfigMaps and Secrets and, when

@@ -37,6 +37,7 @@ type harness struct {
 	clock   *testingclock.FakeClock
 	rt      *runtimetest.Fake
 	db      *store.DB
+	dbPath  string
 	node    *corev1.Node
 	a       *Agent
 	updates chan SourceUpdate
@@ -47,15 +48,31 @@ type harness struct {
 func newHarness(t *testing.T, node *corev1.Node) *harness {
 	t.Helper()
 	clk := testingclock.NewFakeClock(time.Date(2025, 6, 1, 10, 0, 0, 0, time.UTC))
-	db, err := store.Open(filepath.Join(t.TempDir(), "state.db"), store.Options{})
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := store.Open(path, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
+	h := &harness{t: t, clock: clk, rt: runtimetest.New(clk), db: db, dbPath: path, node: node}
+	t.Cleanup(func() { h.db.Close() })
 	if node == nil {
-		node = api.NewNode(testNode, nil, nil)
+		h.node = api.NewNode(testNode, nil, nil)
 	}
-	return &harness{t: t, clock: clk, rt: runtimetest.New(clk), db: db, node: node}
+	return h
+}
+
+// reopenStore closes the store and opens it again, as an agent restart
+// does; the agent must be stopped.
+func (h *harness) reopenStore() {
+	h.t.Helper()
+	if err := h.db.Close(); err != nil {
+		h.t.Fatal(err)
+	}
+	db, err := store.Open(h.dbPath, store.Options{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.db = db
 }
 
 // start runs a fresh agent on the harness's runtime and store.
@@ -520,7 +537,7 @@ func TestHalfDoneWorkIsFinished(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A previous agent created the container and died before starting it.
-	pod := buildPod(d, testNode)
+	pod := buildPod(d, d.Revisions[0], testNode)
 	h.rt.AddImage("img")
 	sb, _ := h.rt.RunSandbox(context.Background(), pod)
 	id, err := h.rt.CreateContainer(context.Background(), pod, sb, &pod.Spec.Containers[0], 0, false)
@@ -547,7 +564,8 @@ func TestHalfDoneWorkIsFinished(t *testing.T) {
 func TestDeletionsWaitForEverySource(t *testing.T) {
 	h := newHarness(t, nil)
 	// A pod of a previous life that no stored state mentions.
-	stray := buildPod(mustDesired(t, "file", daemonSet("stray", ctr("app", "img"))), testNode)
+	strayDS := mustDesired(t, "file", daemonSet("stray", ctr("app", "img")))
+	stray := buildPod(strayDS, strayDS.Revisions[0], testNode)
 	h.rt.AddImage("img")
 	sb, _ := h.rt.RunSandbox(context.Background(), stray)
 	id, err := h.rt.CreateContainer(context.Background(), stray, sb, &stray.Spec.Containers[0], 0, false)

@@ -42,12 +42,25 @@ type DesiredPod struct {
 	Source    string
 	// DaemonSet is the defaulted object as the source delivered it.
 	DaemonSet *appsv1.DaemonSet
-	// Revision is the template hash (the controller-revision-hash label).
+	// Revision is the template hash (the controller-revision-hash label)
+	// of the newest revision, the last of Revisions.
 	Revision string
+	// Revisions are the revisions this node runs, oldest first: the
+	// template's alone, or those the server's rollout controller pinned
+	// (AnnotationRunRevisions). The last is started; an earlier one, the
+	// old revision of a surge, only keeps running.
+	Revisions []podRevision
 }
 
 // Key is the DaemonSet's namespace/name.
 func (d DesiredPod) Key() string { return d.Namespace + "/" + d.Name }
+
+// held says a pinned revision's template is unknown: the agent does not
+// guess, it keeps whatever runs for the DaemonSet and starts nothing until
+// the server source knows the revision.
+func (d DesiredPod) held() bool {
+	return slices.ContainsFunc(d.Revisions, func(r podRevision) bool { return r.Template == nil })
+}
 
 // newDesiredPod checks and wraps one DaemonSet of a source.
 func newDesiredPod(source string, ds *appsv1.DaemonSet) (DesiredPod, error) {
@@ -62,12 +75,20 @@ func newDesiredPod(source string, ds *appsv1.DaemonSet) (DesiredPod, error) {
 	if r := ds.Annotations[AnnotationRevision]; r != "" && source == SourceServer {
 		rev = r
 	}
+	revs := []podRevision{{Hash: rev, Template: &ds.Spec.Template}}
+	if v, ok := ds.Annotations[AnnotationRunRevisions]; ok && source == SourceServer {
+		var err error
+		if revs, err = parseRunRevisions(v); err != nil {
+			return DesiredPod{}, fmt.Errorf("source %s: DaemonSet %s/%s: %w", source, ns, ds.Name, err)
+		}
+	}
 	return DesiredPod{
 		Namespace: ns,
 		Name:      ds.Name,
 		Source:    source,
 		DaemonSet: ds,
-		Revision:  rev,
+		Revision:  revs[len(revs)-1].Hash,
+		Revisions: revs,
 	}, nil
 }
 
@@ -136,9 +157,18 @@ func mergeSources(order []string, sets map[string][]DesiredPod) (merged []Desire
 }
 
 // podName is the daemon pod's name on this node. It is deterministic, like
-// a static pod's, so that a restarted agent finds its pods again.
+// a static pod's, so that a restarted agent finds its pods again. A second
+// pod of the DaemonSet (a surge) gets surgePodName instead.
 func podName(dsName, node string) string {
 	return dsName + "-" + strings.ToLower(node)
+}
+
+// surgePodName is the name of a pod started while another pod of the same
+// DaemonSet holds podName on the node: the server keys Pod objects by
+// name, so the two need distinct ones. The revision makes it
+// deterministic; a pod keeps the name it started with (see planPods).
+func surgePodName(name, revision string) string {
+	return name + "-" + revision
 }
 
 // podUID is the daemon pod's UID: a hash of the DaemonSet's identity, the
@@ -151,11 +181,12 @@ func podUID(namespace, dsName, node, revision string) string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
-// buildPod makes the runtime's pod from a DaemonSet, as the controller's
-// pod template does: the template's labels plus controller-revision-hash,
-// the daemon tolerations, and the node name.
-func buildPod(d DesiredPod, node string) *runtime.Pod {
-	tmpl := &d.DaemonSet.Spec.Template
+// buildPod makes the runtime's pod of one revision of a DaemonSet, as the
+// controller's pod template does: the revision's template labels plus
+// controller-revision-hash, the daemon tolerations, and the node name. The
+// name is podName; the planner may give it another (surgePodName).
+func buildPod(d DesiredPod, rev podRevision, node string) *runtime.Pod {
+	tmpl := rev.Template
 	spec := tmpl.Spec.DeepCopy()
 	api.AddDaemonPodTolerations(spec)
 	spec.NodeName = node
@@ -163,13 +194,13 @@ func buildPod(d DesiredPod, node string) *runtime.Pod {
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	labels[api.LabelControllerRevisionHash] = d.Revision
+	labels[api.LabelControllerRevisionHash] = rev.Hash
 	return &runtime.Pod{
-		UID:         podUID(d.Namespace, d.Name, node, d.Revision),
+		UID:         podUID(d.Namespace, d.Name, node, rev.Hash),
 		Name:        podName(d.Name, node),
 		Namespace:   d.Namespace,
 		NodeName:    node,
-		Revision:    d.Revision,
+		Revision:    rev.Hash,
 		Labels:      labels,
 		Annotations: maps.Clone(tmpl.Annotations),
 		Spec:        spec,

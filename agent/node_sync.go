@@ -9,6 +9,7 @@ import (
 	"maps"
 	"os"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +41,10 @@ type NodeSyncConfig struct {
 	HostIP string
 	// SetNode receives the server's labels and taints (Agent.SetNode).
 	SetNode func(*corev1.Node)
+	// SetRevisions, when set, receives the revisions the server's rollout
+	// controller pins on this node (api.AnnotationNodeRevisions) whenever
+	// they change, before Synced is closed (ServerSource.SetNodeRevisions).
+	SetRevisions func(api.NodeRevisions)
 	// Frequency is the heartbeat period; zero means
 	// DefaultNodeStatusUpdateFrequency.
 	Frequency time.Duration
@@ -66,6 +71,9 @@ type NodeSync struct {
 	mu         sync.Mutex // guards the fields below
 	uid        types.UID
 	applied    *corev1.Node // the labels and taints last given to SetNode
+	revs       api.NodeRevisions
+	revsSet    bool   // revs were given to SetRevisions
+	revsErr    string // the last unreadable annotation's error, logged once
 	readySince metav1.Time
 }
 
@@ -160,7 +168,35 @@ func (n *NodeSync) apply(server *corev1.Node) {
 	if changed {
 		n.cfg.SetNode(node)
 	}
+	n.applyRevisions(server)
 	n.once.Do(func() { close(n.synced) })
+}
+
+// applyRevisions hands the node's revision pins to SetRevisions when they
+// changed. An unreadable annotation is logged once and leaves the last
+// pins in force (none before the first good one).
+func (n *NodeSync) applyRevisions(server *corev1.Node) {
+	if n.cfg.SetRevisions == nil {
+		return
+	}
+	revs, err := api.ParseNodeRevisions(server)
+	n.mu.Lock()
+	if err != nil {
+		first := err.Error() != n.revsErr
+		n.revsErr = err.Error()
+		n.mu.Unlock()
+		if first {
+			n.log.Error("cannot read the node's revision pins; keeping the last ones", "err", err)
+		}
+		return
+	}
+	n.revsErr = ""
+	changed := !n.revsSet || !maps.EqualFunc(n.revs, revs, slices.Equal)
+	n.revs, n.revsSet = revs, true
+	n.mu.Unlock()
+	if changed {
+		n.cfg.SetRevisions(revs)
+	}
 }
 
 // heartbeat posts the status every Frequency; a Node deleted on the server

@@ -7,19 +7,30 @@ import (
 	"github.com/daemonlet/daemonlet/runtime"
 )
 
-// podIntent is what the desired state wants for one daemon pod.
+// podIntent is what the desired state wants for one pod of a DaemonSet.
+// The planner takes a DaemonSet's intents together, oldest revision first.
 type podIntent struct {
-	Key      string // namespace/pod name
-	UID      string
+	DaemonSet string // the DaemonSet's namespace/name
+	Key       string // namespace/pod name: podName, or the name planPods chose
+	UID       string
+	// Decision and Why are the DaemonSet's: eligibility is decided per
+	// DaemonSet, as the controller decides it per node.
 	Decision decision
 	Why      string // why it must stop, with decideStop
-	Pod      *runtime.Pod
-	Desired  DesiredPod
+	// Kept marks the old revision of a surge: its pod keeps running, and
+	// is adopted after a restart, but is never started.
+	Kept bool
+	// Hold marks the only intent of a held DaemonSet (DesiredPod.held):
+	// its pods run on as they are and none starts. It has no pod.
+	Hold    bool
+	Pod     *runtime.Pod
+	Desired DesiredPod
 }
 
 // podObserved is a pod the agent knows of: one with a worker, or one found
 // in the runtime or the store at start that has no worker yet (an orphan).
 type podObserved struct {
+	DaemonSet   string // namespace/name of its DaemonSet; empty when unknown
 	Key         string // namespace/pod name; empty when only a sandbox is known
 	UID         string
 	Worker      bool
@@ -70,58 +81,131 @@ func (p podPlan) String() string {
 // planPods compares the intents with the pods the agent knows and decides
 // which workers to start, update and stop. It does no I/O.
 //
-// A new revision replaces the old pod without surge: the old pod is
-// stopped first and the new one starts once the old one is gone. Pods
-// nobody wants any more are stopped only when deletions are allowed (every
-// source has spoken, or the last-known state came from the store), except
-// pods whose stop was already under way before an agent restart.
+// It works per DaemonSet: the pods of a DaemonSet are those whose
+// DaemonSet, UID or (for a pod known only by its containers) name match
+// its intents. Without surge a new revision replaces the old pod: the old
+// pod is stopped first and the new one starts once the old one is gone.
+// During a surge (two intents, the older Kept) the old pod runs on, the
+// new one starts beside it under surgePodName if the old one holds
+// podName, and the old one stops once the intents drop it. A pod keeps the
+// name it runs under. Pods nobody wants any more are stopped only when
+// deletions are allowed (every source has spoken, or the last-known state
+// came from the store), except pods whose stop was already under way
+// before an agent restart.
 func planPods(intents []podIntent, observed []podObserved, allowDeletions bool) podPlan {
 	var plan podPlan
-	byUID := map[string]podObserved{}
-	byKey := map[string][]podObserved{}
+	byUID := make(map[string]podObserved, len(observed))
 	for _, o := range observed {
 		byUID[o.UID] = o
-		byKey[o.Key] = append(byKey[o.Key], o)
 	}
-	wanted := map[string]bool{}
-	for _, in := range intents {
-		wanted[in.Key] = true
-		same, exists := byUID[in.UID]
-		switch in.Decision {
-		case decideStop:
-			for _, o := range byKey[in.Key] {
-				plan.Stop = append(plan.Stop, podStop{UID: o.UID, Reason: in.Why})
-			}
-		case decideKeep:
-			if exists {
-				plan.keep(in, same)
-			}
-		case decideRun:
-			older := false
-			for _, o := range byKey[in.Key] {
-				if o.UID == in.UID {
-					continue
-				}
-				older = true
-				plan.Stop = append(plan.Stop, podStop{UID: o.UID, Reason: "replaced by revision " + in.Desired.Revision})
-			}
-			switch {
-			case exists:
-				plan.keep(in, same)
-			case older:
-				plan.Waiting = append(plan.Waiting, in.Key)
-			default:
-				plan.Start = append(plan.Start, in)
+	claimed := map[string]bool{}
+	for len(intents) > 0 {
+		n := 1
+		for n < len(intents) && intents[n].DaemonSet == intents[0].DaemonSet {
+			n++
+		}
+		group := intents[:n]
+		intents = intents[n:]
+		var mine []podObserved
+		for _, o := range observed {
+			if !claimed[o.UID] && belongs(group, o) {
+				claimed[o.UID] = true
+				mine = append(mine, o)
 			}
 		}
+		plan.daemonSet(group, mine, byUID)
 	}
 	for _, o := range observed {
-		if wanted[o.Key] || (!allowDeletions && !o.Terminating) {
+		if claimed[o.UID] || (!allowDeletions && !o.Terminating) {
 			continue
 		}
 		plan.Stop = append(plan.Stop, podStop{UID: o.UID, Reason: "no longer desired"})
 	}
 	return plan
+}
+
+// belongs says whether an observed pod is one of the DaemonSet's.
+func belongs(group []podIntent, o podObserved) bool {
+	if o.DaemonSet != "" {
+		return o.DaemonSet == group[0].DaemonSet
+	}
+	for _, in := range group {
+		if o.UID == in.UID || (o.Key != "" && o.Key == in.Key) {
+			return true
+		}
+	}
+	return false
+}
+
+// daemonSet plans one DaemonSet: its intents, oldest revision first, and
+// the pods of it the agent knows.
+func (p *podPlan) daemonSet(group []podIntent, mine []podObserved, byUID map[string]podObserved) {
+	first, newest := group[0], group[len(group)-1]
+	switch {
+	case first.Decision == decideStop:
+		for _, o := range mine {
+			p.Stop = append(p.Stop, podStop{UID: o.UID, Reason: first.Why})
+		}
+		return
+	case first.Hold:
+		return
+	}
+	wanted := map[string]bool{}
+	for _, in := range group {
+		wanted[in.UID] = true
+	}
+	names := map[string]bool{}
+	var replaced []podObserved
+	for _, o := range mine {
+		if o.Key != "" {
+			names[o.Key] = true
+		}
+		if !wanted[o.UID] {
+			replaced = append(replaced, o)
+		}
+	}
+	if first.Decision == decideRun {
+		for _, o := range replaced {
+			p.Stop = append(p.Stop, podStop{UID: o.UID, Reason: "replaced by revision " + newest.Pod.Revision})
+		}
+	}
+	for _, in := range group {
+		if o, exists := byUID[in.UID]; exists {
+			in = in.named(o.Key)
+			switch {
+			case !in.Kept:
+				p.keep(in, o)
+			case !o.Worker:
+				p.Start = append(p.Start, in) // adopt the old pod of a surge
+			}
+			continue
+		}
+		if in.Kept || first.Decision == decideKeep {
+			continue
+		}
+		if len(replaced) > 0 {
+			p.Waiting = append(p.Waiting, in.Key)
+			continue
+		}
+		if names[in.Key] {
+			ns, name := splitKey(in.Key)
+			in = in.named(ns + "/" + surgePodName(name, in.Pod.Revision))
+		}
+		names[in.Key] = true
+		p.Start = append(p.Start, in)
+	}
+}
+
+// named is the intent with its pod under another name (namespace/name);
+// an empty key keeps the name.
+func (in podIntent) named(key string) podIntent {
+	if key == "" || key == in.Key {
+		return in
+	}
+	pod := *in.Pod
+	_, pod.Name = splitKey(key)
+	in.Pod, in.Key = &pod, key
+	return in
 }
 
 // keep keeps an existing pod: a worker gets the latest pod unless it is
@@ -136,4 +220,13 @@ func (p *podPlan) keep(in podIntent, same podObserved) {
 	default:
 		p.Update = append(p.Update, in)
 	}
+}
+
+// owner is the namespace/name of the pod's DaemonSet, empty when unknown
+// (a pod known only by its containers or its sandbox).
+func (id podIdentity) owner() string {
+	if id.DaemonSet == "" {
+		return ""
+	}
+	return id.Namespace + "/" + id.DaemonSet
 }

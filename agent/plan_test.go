@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -166,11 +167,25 @@ func TestComputePodActionsRecordsTheNextAttempt(t *testing.T) {
 }
 
 func TestPlanPods(t *testing.T) {
+	// Every intent is of DaemonSet ns/<key's name>; its pod's revision is
+	// "r" plus the UID.
 	run := func(key, uid string) podIntent {
-		return podIntent{Key: key, UID: uid, Decision: decideRun, Desired: DesiredPod{Revision: "r-" + uid}}
+		ns, name := splitKey(key)
+		return podIntent{DaemonSet: "ns/" + name, Key: key, UID: uid, Decision: decideRun,
+			Pod: &runtime.Pod{Namespace: ns, Name: name, UID: uid, Revision: "r" + uid}}
 	}
 	with := func(in podIntent, d decision) podIntent { in.Decision, in.Why = d, "because"; return in }
-	worker := func(key, uid string) podObserved { return podObserved{Key: key, UID: uid, Worker: true} }
+	kept := func(in podIntent) podIntent { in.Kept = true; return in }
+	held := func(ds string, d decision) podIntent {
+		return podIntent{DaemonSet: ds, Decision: d, Why: "because", Hold: true}
+	}
+	worker := func(key, uid string) podObserved {
+		_, name, _ := strings.Cut(key, "/")
+		ds, _, _ := strings.Cut(name, "-")
+		return podObserved{DaemonSet: "ns/" + ds, Key: key, UID: uid, Worker: true}
+	}
+	orphan := func(key, uid string) podObserved { o := worker(key, uid); o.Worker = false; return o }
+	stopping := func(o podObserved) podObserved { o.Terminating = true; return o }
 	tests := []struct {
 		name     string
 		intents  []podIntent
@@ -182,29 +197,76 @@ func TestPlanPods(t *testing.T) {
 		{name: "existing worker is updated", intents: []podIntent{run("ns/a", "u1")},
 			observed: []podObserved{worker("ns/a", "u1")}, want: "update=[ns/a]"},
 		{name: "orphan of the same revision is adopted", intents: []podIntent{run("ns/a", "u1")},
+			observed: []podObserved{orphan("ns/a", "u1")}, want: "start=[ns/a@u1]"},
+		{name: "orphan known only by its containers is adopted by UID", intents: []podIntent{run("ns/a", "u1")},
 			observed: []podObserved{{Key: "ns/a", UID: "u1"}}, want: "start=[ns/a@u1]"},
 		{name: "new revision: old pod stops first, new one waits",
 			intents:  []podIntent{run("ns/a", "u2")},
 			observed: []podObserved{worker("ns/a", "u1")},
-			want:     "stop=[u1(replaced by revision r-u2)] waiting=[ns/a]"},
+			want:     "stop=[u1(replaced by revision ru2)] waiting=[ns/a]"},
+		{name: "new revision: an old pod known only by its containers' pod name stops first",
+			intents:  []podIntent{run("ns/a", "u2")},
+			observed: []podObserved{{Key: "ns/a", UID: "u1"}},
+			want:     "stop=[u1(replaced by revision ru2)] waiting=[ns/a]"},
 		{name: "same uid still terminating: wait",
 			intents:  []podIntent{run("ns/a", "u1")},
-			observed: []podObserved{{Key: "ns/a", UID: "u1", Worker: true, Terminating: true}},
+			observed: []podObserved{stopping(worker("ns/a", "u1"))},
 			want:     "waiting=[ns/a]"},
 		{name: "keep: existing pod stays, nothing new starts",
 			intents:  []podIntent{with(run("ns/a", "u1"), decideKeep), with(run("ns/b", "u2"), decideKeep)},
 			observed: []podObserved{worker("ns/a", "u1")},
 			want:     "update=[ns/a]"},
-		{name: "stop: every pod of the key",
+		{name: "keep: an older revision is left alone", allow: true,
+			intents:  []podIntent{with(run("ns/a", "u2"), decideKeep)},
+			observed: []podObserved{worker("ns/a", "u1")},
+			want:     "nothing to do"},
+		{name: "stop: every pod of the DaemonSet",
 			intents:  []podIntent{with(run("ns/a", "u2"), decideStop)},
-			observed: []podObserved{worker("ns/a", "u1"), {Key: "ns/a", UID: "u2"}},
-			want:     "stop=[u1(because) u2(because)]"},
+			observed: []podObserved{worker("ns/a", "u1"), orphan("ns/a", "u2"), worker("ns/a-x", "u3"), worker("ns/b", "u4")},
+			want:     "stop=[u1(because) u2(because) u3(because)]"},
+		{name: "surge: the new pod starts beside the old one under another name",
+			intents:  []podIntent{kept(run("ns/a", "u1")), run("ns/a", "u2")},
+			observed: []podObserved{worker("ns/a", "u1")},
+			want:     "start=[ns/a-ru2@u2]"},
+		{name: "surge running: the old pod is untouched, the new one updated under its name",
+			intents:  []podIntent{kept(run("ns/a", "u1")), run("ns/a", "u2")},
+			observed: []podObserved{worker("ns/a", "u1"), worker("ns/a-ru2", "u2")},
+			want:     "update=[ns/a-ru2]"},
+		{name: "surge over: the old pod stops, the new one keeps its name",
+			intents:  []podIntent{run("ns/a", "u2")},
+			observed: []podObserved{worker("ns/a", "u1"), worker("ns/a-ru2", "u2")},
+			want:     "update=[ns/a-ru2] stop=[u1(replaced by revision ru2)]"},
+		{name: "next surge: the new pod takes the free name",
+			intents:  []podIntent{kept(run("ns/a", "u2")), run("ns/a", "u3")},
+			observed: []podObserved{worker("ns/a-ru2", "u2")},
+			want:     "start=[ns/a@u3]"},
+		{name: "restart mid-surge: both pods are adopted under their names",
+			intents:  []podIntent{kept(run("ns/a", "u1")), run("ns/a", "u2")},
+			observed: []podObserved{orphan("ns/a", "u1"), orphan("ns/a-ru2", "u2")},
+			allow:    true,
+			want:     "start=[ns/a@u1 ns/a-ru2@u2]"},
+		{name: "surge without the old pod: only the new one starts",
+			intents: []podIntent{kept(run("ns/a", "u1")), run("ns/a", "u2")},
+			want:    "start=[ns/a@u2]"},
+		{name: "surge beside a third pod: it stops first",
+			intents:  []podIntent{kept(run("ns/a", "u1")), run("ns/a", "u2")},
+			observed: []podObserved{worker("ns/a", "u1"), worker("ns/a-r0", "u0")},
+			want:     "stop=[u0(replaced by revision ru2)] waiting=[ns/a]"},
+		{name: "held: every pod of the DaemonSet runs on, nothing starts",
+			intents:  []podIntent{held("ns/a", decideRun), run("ns/b", "u9")},
+			observed: []podObserved{worker("ns/a", "u1"), orphan("ns/a-r2", "u2")},
+			allow:    true,
+			want:     "start=[ns/b@u9]"},
+		{name: "held but no longer eligible: stopped",
+			intents:  []podIntent{held("ns/a", decideStop)},
+			observed: []podObserved{worker("ns/a", "u1")},
+			want:     "stop=[u1(because)]"},
 		{name: "undesired pods wait for every source", observed: []podObserved{worker("ns/x", "u9"), {UID: "sb"}},
 			want: "nothing to do"},
 		{name: "undesired pods go once allowed", observed: []podObserved{worker("ns/x", "u9"), {UID: "sb"}}, allow: true,
 			want: "stop=[u9(no longer desired) sb(no longer desired)]"},
 		{name: "an interrupted stop is finished even before the sources speak",
-			observed: []podObserved{{Key: "ns/x", UID: "u9", Terminating: true}},
+			observed: []podObserved{stopping(orphan("ns/x", "u9"))},
 			want:     "stop=[u9(no longer desired)]"},
 	}
 	for _, tt := range tests {
@@ -213,6 +275,20 @@ func TestPlanPods(t *testing.T) {
 				t.Fatalf("got %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestPlanPodsRenamesOnlyTheCopy: a chosen name is set on a copy of the
+// intent's pod, whose name is the pod's and whose other fields are kept.
+func TestPlanPodsRenamesOnlyTheCopy(t *testing.T) {
+	pod := &runtime.Pod{Namespace: "ns", Name: "a", UID: "u2", Revision: "r2", Labels: map[string]string{"x": "y"}}
+	in := podIntent{DaemonSet: "ns/a", Key: "ns/a", UID: "u2", Decision: decideRun, Pod: pod}
+	plan := planPods([]podIntent{in}, []podObserved{{DaemonSet: "ns/a", Key: "ns/a-r2", UID: "u2"}}, true)
+	if len(plan.Start) != 1 || plan.Start[0].Pod.Name != "a-r2" || plan.Start[0].Pod.Labels["x"] != "y" || plan.Start[0].Pod.UID != "u2" {
+		t.Fatalf("plan %v, start %+v", plan, plan.Start)
+	}
+	if pod.Name != "a" {
+		t.Fatalf("the intent's pod was renamed to %q", pod.Name)
 	}
 }
 

@@ -68,9 +68,11 @@ type ServerSourceConfig struct {
 	// Location names the server for Report (its URLs).
 	Location string
 	// NodeSynced, when set, is closed once the server's labels and taints
-	// of this node are in force in the agent (NodeSync.Synced). The first
-	// set waits for it, so that the agent never starts a pod by the
-	// settings' labels that the server's labels would stop at once.
+	// of this node are in force in the agent, and its revision pins are
+	// in this source (NodeSync.Synced). The first set waits for it, so
+	// that the agent never starts a pod by the settings' labels that the
+	// server's labels would stop at once, nor a revision the node is not
+	// pinned to.
 	NodeSynced <-chan struct{}
 	// PodDeleted, when set, is called for every Pod object of this node
 	// that the server deletes (PodReporter.PodDeleted).
@@ -84,26 +86,34 @@ type ServerSourceConfig struct {
 
 // ServerSource delivers the server's DaemonSets, and the orphan pods of
 // this node as DaemonSets (see orphanDaemonSet), with the ConfigMaps and
-// Secrets they use, each watched by name. It lists and watches both,
-// resumes a broken watch from the last resourceVersion with back-off, and
-// lists anew when the server answers 410 Gone. While the server is away it
-// sends an update with Err, so that the agent keeps the last set.
+// Secrets they use, each watched by name. It lists and watches both, and
+// the ControllerRevisions, which hold the templates of the revisions the
+// rollout controller pins on this node (SetNodeRevisions, pinRevisions).
+// It resumes a broken watch from the last resourceVersion with back-off,
+// and lists anew when the server answers 410 Gone. While the server is
+// away it sends an update with Err, so that the agent keeps the last set.
 type ServerSource struct {
 	cfg ServerSourceConfig
 	log *slog.Logger
 	// bell wakes the sender; capacity 1.
 	bell chan struct{}
 
-	mu         sync.Mutex                   // guards the fields below
-	dss        map[string]*appsv1.DaemonSet // by namespace/name
-	pods       map[string]*corev1.Pod       // by namespace/name
+	mu         sync.Mutex                            // guards the fields below
+	dss        map[string]*appsv1.DaemonSet          // by namespace/name
+	pods       map[string]*corev1.Pod                // by namespace/name
+	crs        map[string]*appsv1.ControllerRevision // by namespace/name
+	nodeRevs   api.NodeRevisions                     // the node's pins, by DaemonSet namespace/name
 	dsListed   bool
 	podsListed bool
+	crsListed  bool
 	dirty      bool             // a change not yet sent
 	dsDeleted  bool             // the pending change deletes a DaemonSet
 	errs       map[string]error // by watched resource; nil once it works
 	errSent    string           // the error text last sent, to send it once
 	report     SourceReport
+	// unknown holds the pinned revisions last found unresolvable, so
+	// that each is logged once.
+	unknown map[string]bool
 	// objs are the watches of the ConfigMaps and Secrets the set uses;
 	// runCtx and wg, set by Run, are where their goroutines run.
 	objs   map[objectRef]*objectWatch
@@ -127,6 +137,7 @@ func NewServerSource(cfg ServerSourceConfig) *ServerSource {
 		bell:   make(chan struct{}, 1),
 		dss:    map[string]*appsv1.DaemonSet{},
 		pods:   map[string]*corev1.Pod{},
+		crs:    map[string]*appsv1.ControllerRevision{},
 		errs:   map[string]error{},
 		objs:   map[objectRef]*objectWatch{},
 		report: SourceReport{Name: SourceServer, Location: cfg.Location},
@@ -191,8 +202,79 @@ func (s *ServerSource) Run(ctx context.Context, updates chan<- SourceUpdate) {
 			working: s.working,
 		})
 	})
+	crClient := s.cfg.Client.ControllerRevisions(metav1.NamespaceAll)
+	wg.Go(func() {
+		runListWatch(ctx, s.log, listWatch[appsv1.ControllerRevision]{
+			resource: "controllerrevisions",
+			list: func(ctx context.Context) ([]appsv1.ControllerRevision, string, error) {
+				l, err := crClient.List(ctx, client.ListOptions{})
+				if err != nil {
+					return nil, "", err
+				}
+				return l.Items, l.ResourceVersion, nil
+			},
+			watch: func(ctx context.Context, opts client.ListOptions) (*client.Watcher[appsv1.ControllerRevision], error) {
+				return crClient.Watch(ctx, opts)
+			},
+			replace: s.replaceRevisions,
+			event:   s.revisionEvent,
+			failed:  s.revisionsFailed,
+			working: s.working,
+		})
+	})
 	s.send(ctx, updates)
 	wg.Wait()
+}
+
+// SetNodeRevisions takes the revisions the server's rollout controller
+// pins on this node (api.ParseNodeRevisions of the Node object); NodeSync
+// hands them over before it closes NodeSynced.
+func (s *ServerSource) SetNodeRevisions(revs api.NodeRevisions) {
+	s.mu.Lock()
+	s.nodeRevs, s.dirty = revs, true
+	s.mu.Unlock()
+	s.ring()
+}
+
+func (s *ServerSource) replaceRevisions(items []appsv1.ControllerRevision) {
+	s.mu.Lock()
+	s.crs = make(map[string]*appsv1.ControllerRevision, len(items))
+	for i := range items {
+		s.crs[items[i].Namespace+"/"+items[i].Name] = &items[i]
+	}
+	s.crsListed, s.dirty = true, true
+	s.mu.Unlock()
+	s.ring()
+}
+
+func (s *ServerSource) revisionEvent(t watch.EventType, cr *appsv1.ControllerRevision) {
+	s.mu.Lock()
+	if t == watch.Deleted {
+		delete(s.crs, cr.Namespace+"/"+cr.Name)
+	} else {
+		s.crs[cr.Namespace+"/"+cr.Name] = cr
+	}
+	s.dirty = true
+	s.mu.Unlock()
+	s.ring()
+}
+
+// revisionsFailed is failed for the ControllerRevisions, except that a
+// server that does not serve them (404, a server older than rollouts) pins
+// nothing that needs one: the source goes on without them, and the watch
+// keeps retrying in case the server is upgraded.
+func (s *ServerSource) revisionsFailed(resource string, err error) {
+	if !apierrors.IsNotFound(err) {
+		s.failed(resource, err)
+		return
+	}
+	s.mu.Lock()
+	if !s.crsListed || s.errs[resource] != nil {
+		delete(s.errs, resource)
+		s.crsListed, s.dirty = true, true
+	}
+	s.mu.Unlock()
+	s.ring()
 }
 
 func (s *ServerSource) ring() {
@@ -330,7 +412,7 @@ func (s *ServerSource) next() (SourceUpdate, bool) {
 		s.errSent = err.Error()
 		return SourceUpdate{Source: SourceServer, Err: err}, true
 	}
-	if !s.dirty || !s.dsListed || !s.podsListed {
+	if !s.dirty || !s.dsListed || !s.podsListed || !s.crsListed {
 		return SourceUpdate{}, false
 	}
 	set := s.setLocked()
@@ -346,16 +428,27 @@ func (s *ServerSource) next() (SourceUpdate, bool) {
 	return SourceUpdate{Source: SourceServer, DaemonSets: set, ConfigMaps: cms, Secrets: secrets}, true
 }
 
-// setLocked is the full set: the server's DaemonSets, then one DaemonSet
-// per orphan pod whose DaemonSet name the server does not define.
+// setLocked is the full set: the server's DaemonSets, with the revisions
+// the node's pins ask for, then one DaemonSet per orphan pod whose
+// DaemonSet name the server does not define. A pinned revision it cannot
+// resolve is logged once per time it goes missing.
 func (s *ServerSource) setLocked() []*appsv1.DaemonSet {
 	set := make([]*appsv1.DaemonSet, 0, len(s.dss))
+	unknown := map[string]bool{}
 	for _, k := range slices.Sorted(maps.Keys(s.dss)) {
 		ds := s.dss[k].DeepCopy()
 		// Only the DaemonSets built here may pin a revision.
 		delete(ds.Annotations, AnnotationRevision)
+		delete(ds.Annotations, AnnotationRunRevisions)
+		for _, err := range pinRevisions(ds, s.nodeRevs[k], s.crs) {
+			unknown[err.Error()] = true
+			if !s.unknown[err.Error()] {
+				s.log.Error("pinned revision unknown; the DaemonSet's pods run on as they are until it is known", "daemonset", k, "err", err)
+			}
+		}
 		set = append(set, ds)
 	}
+	s.unknown = unknown
 	seen := map[string]bool{}
 	for _, k := range slices.Sorted(maps.Keys(s.pods)) {
 		ds := orphanDaemonSet(s.pods[k])

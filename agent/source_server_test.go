@@ -123,16 +123,18 @@ func (r *serverRig) startAgent(node *corev1.Node) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	var src *ServerSource
 	ns, err := NewNodeSync(NodeSyncConfig{
 		Client: r.c, Node: node, HostIP: "127.0.0.1", SetNode: a.SetNode,
-		Frequency: 100 * time.Millisecond, KubeletVersion: "daemonlet/test",
+		SetRevisions: func(revs api.NodeRevisions) { src.SetNodeRevisions(revs) },
+		Frequency:    100 * time.Millisecond, KubeletVersion: "daemonlet/test",
 		ContainerRuntimeVersion: "containerd://test", Logger: logger,
 	})
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	rep := NewPodReporter(PodReporterConfig{Client: r.c, Agent: a, HostIP: "127.0.0.1", NodeUID: ns.UID, Interval: 50 * time.Millisecond, Logger: logger})
-	src := NewServerSource(ServerSourceConfig{Client: r.c, NodeName: testNode, NodeSynced: ns.Synced(), PodDeleted: rep.PodDeleted, Logger: logger})
+	src = NewServerSource(ServerSourceConfig{Client: r.c, NodeName: testNode, NodeSynced: ns.Synced(), PodDeleted: rep.PodDeleted, Logger: logger})
 	ctx, cancel := context.WithCancel(context.Background())
 	r.a, r.reporter, r.cancel, r.done = a, rep, cancel, make(chan struct{})
 	updates := make(chan SourceUpdate)

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/daemonlet/daemonlet/agent"
+	"github.com/daemonlet/daemonlet/api"
 	"github.com/daemonlet/daemonlet/api/client"
 	"github.com/daemonlet/daemonlet/runtime"
 	"github.com/daemonlet/daemonlet/store"
@@ -223,12 +224,16 @@ func newServerSync(s *agent.Settings, a *agent.Agent, logger *slog.Logger) (*ser
 	if err != nil {
 		return nil, err
 	}
+	// The source is made below, after the node sync whose Synced it
+	// waits for; the node sync runs, and calls this, only later.
+	var source *agent.ServerSource
 	node, err := agent.NewNodeSync(agent.NodeSyncConfig{
-		Client:    c,
-		Node:      s.Node(),
-		HostIP:    s.HostIP,
-		SetNode:   a.SetNode,
-		Frequency: s.NodeStatusUpdateFrequency.Duration,
+		Client:       c,
+		Node:         s.Node(),
+		HostIP:       s.HostIP,
+		SetNode:      a.SetNode,
+		SetRevisions: func(revs api.NodeRevisions) { source.SetNodeRevisions(revs) },
+		Frequency:    s.NodeStatusUpdateFrequency.Duration,
 		// The runtime does not ask containerd its version; the name
 		// alone tells kubectl-like tools the runtime.
 		ContainerRuntimeVersion: "containerd://",
@@ -245,7 +250,7 @@ func newServerSync(s *agent.Settings, a *agent.Agent, logger *slog.Logger) (*ser
 		NodeUID: node.UID,
 		Logger:  logger,
 	})
-	source := agent.NewServerSource(agent.ServerSourceConfig{
+	source = agent.NewServerSource(agent.ServerSourceConfig{
 		Client:     c,
 		NodeName:   s.HostnameOverride,
 		Location:   strings.Join(s.Servers, ","),
