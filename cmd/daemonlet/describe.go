@@ -48,7 +48,10 @@ func newDescribeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return describeDaemonSet(out, ds, pods)
+			if err := describeDaemonSet(out, ds, pods); err != nil {
+				return err
+			}
+			return describeObjectEvents(ctx, out, c, "DaemonSet", ds, now)
 		case kindNode:
 			node, err := c.Nodes().Get(ctx, name)
 			if err != nil {
@@ -58,7 +61,10 @@ func newDescribeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return describeNode(out, node, pods.Items, now)
+			if err := describeNode(out, node, pods.Items, now); err != nil {
+				return err
+			}
+			return describeObjectEvents(ctx, out, c, "Node", node, now)
 		case kindConfigMap:
 			cm, err := c.ConfigMaps(flags.namespace).Get(ctx, name)
 			if err != nil {
@@ -76,7 +82,10 @@ func newDescribeCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return describePod(out, pod)
+			if err := describePod(out, pod); err != nil {
+				return err
+			}
+			return describeObjectEvents(ctx, out, c, "Pod", pod, now)
 		}
 	}
 	return cmd
@@ -182,13 +191,19 @@ func describeDaemonSet(out io.Writer, ds *appsv1.DaemonSet, pods []corev1.Pod) e
 	}
 	d.line(0, "Pods Status:\t%d Running / %d Waiting / %d Succeeded / %d Failed",
 		phases[corev1.PodRunning], phases[corev1.PodPending], phases[corev1.PodSucceeded], phases[corev1.PodFailed])
-	d.line(0, "Pod Template:")
-	d.mapLines(1, "Labels", ds.Spec.Template.Labels, "=")
-	if len(ds.Spec.Template.Annotations) > 0 {
-		d.mapLines(1, "Annotations", ds.Spec.Template.Annotations, ": ")
-	}
-	describePodSpec(d, 1, &ds.Spec.Template.Spec, nil)
+	describePodTemplate(d, &ds.Spec.Template)
 	return d.w.Flush()
+}
+
+// describePodTemplate writes a DaemonSet's pod template as kubectl does,
+// under "Pod Template:".
+func describePodTemplate(d *describer, tmpl *corev1.PodTemplateSpec) {
+	d.line(0, "Pod Template:")
+	d.mapLines(1, "Labels", tmpl.Labels, "=")
+	if len(tmpl.Annotations) > 0 {
+		d.mapLines(1, "Annotations", tmpl.Annotations, ": ")
+	}
+	describePodSpec(d, 1, &tmpl.Spec, nil)
 }
 
 // describePodSpec writes the containers and volumes of a pod or template

@@ -15,13 +15,13 @@ import (
 	"github.com/daemonlet/daemonlet/api/client"
 )
 
-// newGetCommand is kubectl get for DaemonSets, Nodes, Pods, ConfigMaps and
-// Secrets.
+// newGetCommand is kubectl get for DaemonSets, Nodes, Pods, ConfigMaps,
+// Secrets and ControllerRevisions.
 func newGetCommand() *cobra.Command {
 	var output, selector string
 	cmd := &cobra.Command{
-		Use:   "get (ds|nodes|pods|cm|secrets) [NAME]",
-		Short: "Display one or many DaemonSets, nodes, pods, ConfigMaps or Secrets",
+		Use:   "get (ds|nodes|pods|cm|secrets|controllerrevisions) [NAME]",
+		Short: "Display one or many DaemonSets, nodes, pods, ConfigMaps, Secrets or ControllerRevisions",
 		Args:  cobra.RangeArgs(1, 2),
 	}
 	flags := addClientFlags(cmd)
@@ -29,7 +29,7 @@ func newGetCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: wide, yaml, json or name")
 	cmd.Flags().StringVarP(&selector, "selector", "l", "", "label selector to filter on, e.g. app=x,tier!=db")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		kind, err := lookupKind(args[0])
+		kind, err := lookupGetKind(args[0])
 		if err != nil {
 			return err
 		}
@@ -76,6 +76,8 @@ func fetch(ctx context.Context, c *client.Client, kind kindInfo, namespace, name
 		return fetchTyped(ctx, c.ConfigMaps(namespace), name, opts, func(l *corev1.ConfigMapList) []corev1.ConfigMap { return l.Items })
 	case kindSecret:
 		return fetchTyped(ctx, c.Secrets(namespace), name, opts, func(l *corev1.SecretList) []corev1.Secret { return l.Items })
+	case kindControllerRevision:
+		return fetchTyped(ctx, c.ControllerRevisions(namespace), name, opts, func(l *appsv1.ControllerRevisionList) []appsv1.ControllerRevision { return l.Items })
 	default:
 		return fetchTyped(ctx, c.Pods(namespace), name, opts, func(l *corev1.PodList) []corev1.Pod { return l.Items })
 	}
@@ -139,6 +141,8 @@ func printGet(out, errOut io.Writer, kind kindInfo, objs []runtime.Object, v get
 		return printConfigMaps(out, typed[corev1.ConfigMap](objs), v.table)
 	case kindSecret:
 		return printSecrets(out, typed[corev1.Secret](objs), v.table)
+	case kindControllerRevision:
+		return printControllerRevisions(out, typed[appsv1.ControllerRevision](objs), v.table)
 	default:
 		return printPods(out, typed[corev1.Pod](objs), v.table)
 	}

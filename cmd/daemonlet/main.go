@@ -36,6 +36,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newGetCommand())
 	root.AddCommand(newDescribeCommand())
 	root.AddCommand(newDeleteCommand())
+	root.AddCommand(newRolloutCommand())
 	root.AddCommand(newLabelCommand())
 	root.AddCommand(newTaintCommand())
 	root.AddCommand(newVersionCommand())

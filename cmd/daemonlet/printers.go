@@ -39,6 +39,9 @@ var (
 	kindPod       = kindInfo{resource: "pods", gvk: corev1.SchemeGroupVersion.WithKind("Pod"), namespaced: true}
 	kindConfigMap = kindInfo{resource: "configmaps", gvk: corev1.SchemeGroupVersion.WithKind("ConfigMap"), namespaced: true}
 	kindSecret    = kindInfo{resource: "secrets", gvk: corev1.SchemeGroupVersion.WithKind("Secret"), namespaced: true}
+	// kindControllerRevision is only for get (lookupGetKind): the other
+	// verbs' lookupKind does not know it.
+	kindControllerRevision = kindInfo{resource: "controllerrevisions", gvk: appsv1.SchemeGroupVersion.WithKind("ControllerRevision"), namespaced: true}
 )
 
 // lookupKind resolves kubectl's names and short names of a resource type.
@@ -56,6 +59,16 @@ func lookupKind(name string) (kindInfo, error) {
 		return kindSecret, nil
 	}
 	return kindInfo{}, fmt.Errorf("the server doesn't have a resource type %q: %w", name, errdefs.ErrInvalidArgument)
+}
+
+// lookupGetKind is lookupKind plus the types only get lists: the
+// DaemonSets' ControllerRevisions, which kubectl names without a short name.
+func lookupGetKind(name string) (kindInfo, error) {
+	switch strings.ToLower(name) {
+	case "controllerrevision", "controllerrevisions", "controllerrevision.apps", "controllerrevisions.apps":
+		return kindControllerRevision, nil
+	}
+	return lookupKind(name)
 }
 
 // qualifiedName is how kubectl names an object of the type in messages:
