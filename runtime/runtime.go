@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -96,6 +98,9 @@ func (r *Runtime) RunSandbox(ctx context.Context, pod *Pod) (*Sandbox, error) {
 // RemoveSandbox tears down the pod's sandbox and its log directory.
 // Removing a sandbox that does not exist succeeds.
 func (r *Runtime) RemoveSandbox(ctx context.Context, podUID string) error {
+	if err := r.removeOrphanSnapshots(ctx, podUID); err != nil {
+		return err
+	}
 	if err := r.sandboxes.remove(ctx, podUID); err != nil {
 		return err
 	}
@@ -177,19 +182,34 @@ func (r *Runtime) CreateContainer(ctx context.Context, pod *Pod, sb *Sandbox, c 
 		}
 		labels[labelPreStop] = string(b)
 	}
-	cont, err := r.client.NewContainer(ctx, id,
+	newOpts := []client.NewContainerOpts{
 		client.WithImage(img),
-		client.WithNewSnapshot(id, img),
+		client.WithNewSnapshot(id, img, snapshots.WithLabels(map[string]string{LabelPodUID: pod.UID})),
 		client.WithNewSpec(opts...),
 		client.WithRuntime(runcRuntime, nil),
 		client.WithContainerLabels(labels),
-	)
-	if err != nil {
-		if errdefs.IsAlreadyExists(err) {
+	}
+	cont, err := r.newContainer(ctx, id, newOpts)
+	if errdefs.IsAlreadyExists(err) {
+		// The snapshot is made before the container, so AlreadyExists
+		// alone does not say which of the two an earlier agent left.
+		if _, lerr := r.client.LoadContainer(ctx, id); lerr == nil {
 			return id, fmt.Errorf("container %s: %w", id, err)
+		} else if !errdefs.IsNotFound(lerr) {
+			return "", fmt.Errorf("container %s: %w", id, lerr)
 		}
-		// A failed create may have left the snapshot behind.
-		_ = r.client.SnapshotService("").Remove(ctx, id)
+		r.log.Info("removing the snapshot of an interrupted create", "container", id)
+		if rerr := r.removeOrphan(ctx, id); rerr != nil {
+			return "", fmt.Errorf("container %s: %w", c.Name, rerr)
+		}
+		cont, err = r.newContainer(ctx, id, newOpts)
+	}
+	if err != nil {
+		// A failed create may have left the snapshot behind; after
+		// AlreadyExists the snapshot may be someone else's.
+		if !errdefs.IsAlreadyExists(err) {
+			_ = r.removeOrphan(ctx, id)
+		}
 		return "", fmt.Errorf("container %s: create: %w", c.Name, err)
 	}
 	spec, err := cont.Spec(ctx)
@@ -197,6 +217,88 @@ func (r *Runtime) CreateContainer(ctx context.Context, pod *Pod, sb *Sandbox, c 
 		_, _ = cont.SetLabels(ctx, map[string]string{labelCgroupPath: spec.Linux.CgroupsPath})
 	}
 	return id, nil
+}
+
+// createLeaseExpiry bounds how long the snapshot of a create that its
+// agent did not live to finish is kept from containerd's garbage collector:
+// a create takes well under a second, and containerd's own default (24h)
+// would keep an orphan for a day.
+const createLeaseExpiry = 10 * time.Minute
+
+// labelCreateLease marks the lease of one container create with the
+// container's ID, so that a retry or a removal can find and drop the lease
+// of an agent that died in the middle.
+const labelCreateLease = "io.daemonlet.create-lease"
+
+// newContainer creates the container under a lease of its own: the lease
+// protects the new snapshot until the container refers to it, and it is
+// labelled so that removeOrphan can drop it after a crash.
+func (r *Runtime) newContainer(ctx context.Context, id string, opts []client.NewContainerOpts) (client.Container, error) {
+	ctx, done, err := r.client.WithLease(ctx,
+		leases.WithRandomID(),
+		leases.WithExpiration(createLeaseExpiry),
+		leases.WithLabels(map[string]string{labelCreateLease: id}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	defer func() {
+		// Deleting the lease is only tidiness: it expires on its own.
+		if derr := done(context.WithoutCancel(ctx)); derr != nil {
+			r.log.Debug("cannot delete the create lease", "container", id, "err", derr)
+		}
+	}()
+	return r.client.NewContainer(ctx, id, opts...)
+}
+
+// removeOrphan removes the snapshot keyed by a container ID that has no
+// container, and the create leases left for that ID. Call it only when no
+// container exists: the snapshot would be in use otherwise.
+func (r *Runtime) removeOrphan(ctx context.Context, id string) error {
+	if err := r.removeSnapshot(ctx, id); err != nil {
+		return err
+	}
+	lm := r.client.LeasesService()
+	ls, err := lm.List(ctx, fmt.Sprintf("labels.%q==%q", labelCreateLease, id))
+	if err != nil {
+		return fmt.Errorf("leases of %s: %w", id, err)
+	}
+	for _, l := range ls {
+		if err := lm.Delete(ctx, l); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("lease %s: %w", l.ID, err)
+		}
+	}
+	return nil
+}
+
+// removeOrphanSnapshots removes the snapshots of the pod's containers that
+// have no container: an agent that died inside CreateContainer leaves one,
+// and a pod that is no longer wanted never retries the create that would
+// remove it.
+func (r *Runtime) removeOrphanSnapshots(ctx context.Context, podUID string) error {
+	ctx = r.ctx(ctx)
+	var keys []string
+	err := r.client.SnapshotService("").Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		keys = append(keys, info.Name)
+		return nil
+	}, fmt.Sprintf("labels.%q==%q", LabelPodUID, podUID))
+	if err != nil {
+		return fmt.Errorf("snapshots of pod %s: %w", podUID, err)
+	}
+	for _, key := range keys {
+		_, err := r.client.LoadContainer(ctx, key)
+		if err == nil {
+			continue
+		}
+		if !errdefs.IsNotFound(err) {
+			return fmt.Errorf("container %s: %w", key, err)
+		}
+		r.log.Info("removing the snapshot of an interrupted create", "pod", podUID, "container", key)
+		if err := r.removeOrphan(ctx, key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // StartContainer starts a created container; its output goes to its log
@@ -369,7 +471,7 @@ func (r *Runtime) RemoveContainer(ctx context.Context, id string) error {
 	ctx = r.ctx(ctx)
 	cont, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
-		return r.removeSnapshot(ctx, id)
+		return r.removeOrphan(ctx, id)
 	} else if err != nil {
 		return fmt.Errorf("container %s: %w", id, err)
 	}

@@ -9,7 +9,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/daemonlet/daemonlet/api/client"
@@ -119,19 +118,5 @@ func editLabels(cur, set map[string]string, remove []string, overwrite bool, cmd
 // updateNode reads node name, lets edit change it, and writes it back
 // conditionally, rereading on conflict.
 func updateNode(ctx context.Context, c *client.Client, name string, edit func(*corev1.Node) error) error {
-	nodes := c.Nodes()
-	var err error
-	for range conflictRetries {
-		var node *corev1.Node
-		if node, err = nodes.Get(ctx, name); err != nil {
-			return err
-		}
-		if err = edit(node); err != nil {
-			return err
-		}
-		if _, err = nodes.Update(ctx, node, client.WriteOptions{}); !apierrors.IsConflict(err) {
-			return err
-		}
-	}
-	return err
+	return updateObject(ctx, c.Nodes(), name, func(n *corev1.Node) (bool, error) { return true, edit(n) })
 }
