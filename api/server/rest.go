@@ -237,7 +237,7 @@ func (s *Server) handleList(res *resource) http.HandlerFunc {
 			s.serveWatch(w, r, req, opts)
 			return
 		}
-		items, rev, err := s.list(r.Context(), res, req.namespace, matcher(res, req.namespace, opts))
+		items, rev, err := s.listPrefix(r.Context(), res, listPrefix(res, req.namespace, opts), matcher(res, req.namespace, opts))
 		if err != nil {
 			writeError(w, err)
 			return
@@ -254,7 +254,12 @@ func (s *Server) handleList(res *resource) http.HandlerFunc {
 // list reads the matching objects of a collection and the store revision
 // of the read.
 func (s *Server) list(ctx context.Context, res *resource, namespace string, match func(object) bool) ([]object, int64, error) {
-	kvs, rev, err := s.store.List(ctx, res.prefix(namespace))
+	return s.listPrefix(ctx, res, res.prefix(namespace), match)
+}
+
+// listPrefix is list over the keys under prefix.
+func (s *Server) listPrefix(ctx context.Context, res *resource, prefix string, match func(object) bool) ([]object, int64, error) {
+	kvs, rev, err := s.store.List(ctx, prefix)
 	if err != nil {
 		return nil, 0, storeError(res, "", err)
 	}
@@ -269,6 +274,19 @@ func (s *Server) list(ctx context.Context, res *resource, namespace string, matc
 		}
 	}
 	return items, rev, nil
+}
+
+// listPrefix narrows a list by an exact metadata.name field selector to
+// the keys that start with the object's own key, so that each agent's read
+// of its Node decodes one object, not every Node of the fleet; match still
+// makes the name exact.
+func listPrefix(res *resource, namespace string, opts listOptions) string {
+	if opts.fields != nil && (namespace != "" || !res.namespaced) {
+		if name, ok := opts.fields.RequiresExactMatch("metadata.name"); ok && name != "" {
+			return res.key(namespace, name)
+		}
+	}
+	return res.prefix(namespace)
 }
 
 // checkTarget refuses a body whose kind or namespace contradicts the URL.

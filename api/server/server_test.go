@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -455,5 +457,30 @@ func TestWatchExpired(t *testing.T) {
 	}
 	if _, open := <-ch; open {
 		t.Error("the stream did not end after the ERROR event")
+	}
+}
+
+// A list by an exact metadata.name reads only the keys under the name's
+// own key; the match must still be exact, so n1 does not bring n10.
+func TestListByExactName(t *testing.T) {
+	h := newHarness(t, nil, nil, false)
+	for _, name := range []string{"n1", "n10", "n2"} {
+		h.must("POST", "/api/v1/nodes", "", &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, http.StatusCreated, nil)
+	}
+	for sel, want := range map[string][]string{
+		"metadata.name=n1":  {"n1"},
+		"metadata.name=n10": {"n10"},
+		"metadata.name=n3":  nil,
+		"metadata.name!=n1": {"n10", "n2"},
+	} {
+		var l corev1.NodeList
+		h.must("GET", "/api/v1/nodes?fieldSelector="+url.QueryEscape(sel), "", nil, http.StatusOK, &l)
+		var got []string
+		for _, n := range l.Items {
+			got = append(got, n.Name)
+		}
+		if !slices.Equal(got, want) || l.ResourceVersion == "" {
+			t.Errorf("%s: %v (resourceVersion %q), want %v", sel, got, l.ResourceVersion, want)
+		}
 	}
 }
