@@ -315,7 +315,14 @@ func (r *Runtime) StartContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("container %s: %w", id, err)
 	}
 	logPath := labels[labelLogPath]
-	task, err := cont.NewTask(ctx, cio.BinaryIO(r.cfg.LogDriver, map[string]string{logDriverArg: logPath}))
+	ioCreator := cio.BinaryIO(r.cfg.LogDriver, map[string]string{logDriverArg: logPath})
+	task, err := cont.NewTask(ctx, ioCreator)
+	if errdefs.IsAlreadyExists(err) {
+		if err := r.removeUnstartedTask(ctx, cont); err != nil {
+			return err
+		}
+		task, err = cont.NewTask(ctx, ioCreator)
+	}
 	if err != nil {
 		return fmt.Errorf("container %s: create task: %w", id, err)
 	}
@@ -327,6 +334,29 @@ func (r *Runtime) StartContainer(ctx context.Context, id string) error {
 		return fmt.Errorf("container %s: %w", id, err)
 	}
 	r.linkLog(labels, id, logPath)
+	return nil
+}
+
+// removeUnstartedTask deletes the task an agent killed inside
+// StartContainer created but did not start, so that the start is done
+// afresh: the dead agent's create may have been cut short, and a task that
+// never ran has nothing to keep. A task that did start is left alone.
+func (r *Runtime) removeUnstartedTask(ctx context.Context, cont client.Container) error {
+	task, err := cont.Task(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("container %s: task: %w", cont.ID(), err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("container %s: task status: %w", cont.ID(), err)
+	}
+	if st.Status != client.Created {
+		return fmt.Errorf("container %s: task is %s: %w", cont.ID(), st.Status, errdefs.ErrAlreadyExists)
+	}
+	r.log.Info("removing the task of an interrupted start", "container", cont.ID())
+	if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("container %s: delete task: %w", cont.ID(), err)
+	}
 	return nil
 }
 

@@ -32,6 +32,9 @@ const (
 	imagePollPeriod = 10 * time.Second
 	// shutdownTimeout bounds the status server's graceful shutdown.
 	shutdownTimeout = 5 * time.Second
+	// agentRequestTimeout bounds each of the agent's requests to the
+	// server other than watches.
+	agentRequestTimeout = 15 * time.Second
 )
 
 func newAgentCommand() *cobra.Command {
@@ -217,6 +220,9 @@ func newServerSync(s *agent.Settings, a *agent.Agent, logger *slog.Logger) (*ser
 		Token:     token,
 		CAFile:    s.CertificateAuthority,
 		UserAgent: "daemonlet-agent/" + version,
+		// A silent network cut must fail heartbeats and pod reports
+		// rather than hang them; watches are not bounded by it.
+		Timeout: agentRequestTimeout,
 		WarningHandler: func(w string) {
 			logger.Warn("server warning", "warning", w)
 		},
