@@ -361,11 +361,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, req request) (ob
 	if req.dryRun {
 		return o, nil
 	}
-	key := res.key(o.GetNamespace(), o.GetName())
-	data, err := res.encode(o)
-	if err == nil {
-		data, err = res.storage.seal(key, data)
-	}
+	key, data, err := sealedValue(res, o)
 	if err != nil {
 		return nil, apierrors.NewInternalError(err)
 	}

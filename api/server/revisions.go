@@ -234,6 +234,16 @@ func (s *Server) setRevisionMarks(ctx context.Context, ds *appsv1.DaemonSet, has
 	}
 }
 
+// sealedValue is o's store key and its encoded, sealed value.
+func sealedValue(res *resource, o object) (string, []byte, error) {
+	key := res.key(o.GetNamespace(), o.GetName())
+	data, err := res.encode(o)
+	if err == nil {
+		data, err = res.storage.seal(key, data)
+	}
+	return key, data, err
+}
+
 // createObject stores a new object as the API's create does (uid,
 // creation time, generation 1 for kinds that carry it), for the
 // controllers' own writes, which need no authorization or validation.
@@ -244,11 +254,7 @@ func (s *Server) createObject(ctx context.Context, res *resource, o object) erro
 	if res.specEqual != nil {
 		o.SetGeneration(1)
 	}
-	key := res.key(o.GetNamespace(), o.GetName())
-	data, err := res.encode(o)
-	if err == nil {
-		data, err = res.storage.seal(key, data)
-	}
+	key, data, err := sealedValue(res, o)
 	if err != nil {
 		return err
 	}
@@ -267,11 +273,7 @@ func (s *Server) updateObject(ctx context.Context, res *resource, o object) erro
 	if err != nil {
 		return err
 	}
-	key := res.key(o.GetNamespace(), o.GetName())
-	data, err := res.encode(o)
-	if err == nil {
-		data, err = res.storage.seal(key, data)
-	}
+	key, data, err := sealedValue(res, o)
 	if err != nil {
 		return err
 	}
