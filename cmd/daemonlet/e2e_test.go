@@ -559,6 +559,23 @@ func listDir(t *testing.T, dir string) []string {
 // containerd loses its state and its containers, the pod namespaces are
 // unmounted, and the agent, started with no reachable source, brings the
 // pods back from its bbolt state.
+// reboot simulates a reboot of the node under a stopped agent: containerd's
+// state is wiped, the agent's mounts are gone, and so are the NAT rules of
+// the pod podUID; nothing may run afterwards.
+func (n *node) reboot(podUID string) {
+	n.t.Helper()
+	if err := n.ctd.Reboot(); err != nil {
+		n.t.Fatal(err)
+	}
+	if err := ctdtest.UnmountUnder(n.root); err != nil {
+		n.t.Fatal(err)
+	}
+	forgetNAT(n.t, podUID)
+	if got := n.runningByPod(); len(got) != 0 {
+		n.t.Fatalf("containers still run after the reboot: %+v", got)
+	}
+}
+
 func TestRebootWithoutSource(t *testing.T) {
 	srv := newManifestServer(t, plainDS)
 	n := newNode(t, "", "--manifest-url", srv.URL(), "--http-check-frequency", "1s")
@@ -570,16 +587,7 @@ func TestRebootWithoutSource(t *testing.T) {
 
 	n.kill9()
 	srv.Close()
-	if err := n.ctd.Reboot(); err != nil {
-		t.Fatal(err)
-	}
-	if err := ctdtest.UnmountUnder(n.root); err != nil {
-		t.Fatal(err)
-	}
-	forgetNAT(t, before.PodUID)
-	if got := n.runningByPod(); len(got) != 0 {
-		t.Fatalf("containers still run after the reboot: %+v", got)
-	}
+	n.reboot(before.PodUID)
 
 	n.start()
 	n.waitPods(90*time.Second, "the pod to come back from bbolt", func(p map[string]agent.PodStatus) bool {

@@ -646,16 +646,7 @@ func TestFaultRebootWithoutServer(t *testing.T) {
 	n.kill9()
 	checkStateDB(t, n)
 	s.stop(syscall.SIGKILL)
-	if err := n.ctd.Reboot(); err != nil {
-		t.Fatal(err)
-	}
-	if err := ctdtest.UnmountUnder(n.root); err != nil {
-		t.Fatal(err)
-	}
-	forgetNAT(t, before.PodUID)
-	if got := n.runningByPod(); len(got) != 0 {
-		t.Fatalf("containers still run after the reboot: %+v", got)
-	}
+	n.reboot(before.PodUID)
 
 	n.start()
 	waitUntil(t, 90*time.Second, "the pod to come back from bbolt", func() error { return inv.converged(want) })
