@@ -548,11 +548,15 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 // the DaemonSet's; the NoExecute tolerations are those of the newest pod
 // (of the current template while the DaemonSet is held).
 func (a *Agent) appendIntents(intents []podIntent, d DesiredPod, now time.Time) ([]podIntent, time.Time) {
-	newest := d.Revisions[len(d.Revisions)-1]
-	if newest.Template == nil {
-		newest.Template = &d.DaemonSet.Spec.Template
+	newest := d.Revisions[len(d.Revisions)-1].Template
+	if newest == nil {
+		newest = &d.DaemonSet.Spec.Template
 	}
-	dec, wake, why := decide(a.nodeObj, d.DaemonSet, buildPod(d, newest, a.node).Spec.Tolerations, a.noExecuteSince, now)
+	// Only the newest pod's tolerations matter here; building them alone
+	// spares a sync that changes nothing a deep copy of every pod spec.
+	tolerations := corev1.PodSpec{Tolerations: slices.Clone(newest.Spec.Tolerations)}
+	api.AddDaemonPodTolerations(&tolerations)
+	dec, wake, why := decide(a.nodeObj, d.DaemonSet, tolerations.Tolerations, a.noExecuteSince, now)
 	if d.held() {
 		return append(intents, podIntent{DaemonSet: d.Key(), Decision: dec, Why: why, Hold: true, Desired: d}), wake
 	}

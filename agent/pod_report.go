@@ -65,9 +65,13 @@ type PodReporter struct {
 	cfg PodReporterConfig
 	log *slog.Logger
 
-	mu       sync.Mutex           // guards deleting and gone
+	mu       sync.Mutex           // guards deleting, gone and dropped
 	deleting map[types.UID]bool   // Pod objects this reporter is deleting
 	gone     map[string]types.UID // Pod objects deleted on the server, by namespace/name
+	// dropped are orphan pods whose Pod object someone deleted: the agent
+	// is about to stop them, and writing them back would bring them back
+	// as orphans to keep.
+	dropped map[types.UID]bool
 
 	// Only the Run goroutine touches the fields below.
 	written    map[string]*writtenPod // by namespace/name
@@ -100,6 +104,7 @@ func NewPodReporter(cfg PodReporterConfig) *PodReporter {
 		log:        cfg.Logger.With("component", "pod-reporter"),
 		deleting:   map[types.UID]bool{},
 		gone:       map[string]types.UID{},
+		dropped:    map[types.UID]bool{},
 		written:    map[string]*writtenPod{},
 		strays:     map[string]types.UID{},
 		needResync: true,
@@ -132,8 +137,12 @@ func (r *PodReporter) PodDeleted(pod *corev1.Pod) {
 		return
 	}
 	r.gone[podKey(pod)] = pod.UID
+	ref := metav1.GetControllerOf(pod)
+	if ref == nil && pod.Annotations[AnnotationDaemonSet] != "" {
+		r.dropped[pod.UID] = true
+	}
 	r.mu.Unlock()
-	if ref := metav1.GetControllerOf(pod); ref != nil && ref.Kind == "DaemonSet" {
+	if ref != nil && ref.Kind == "DaemonSet" {
 		if r.cfg.Agent.RestartPod(string(pod.UID), "Pod object deleted on the server") {
 			r.log.Info("pod object deleted on the server; restarting the pod", "pod", podKey(pod), "uid", pod.UID)
 		}
@@ -185,7 +194,18 @@ func (r *PodReporter) pass(ctx context.Context) {
 			return
 		}
 	}
+	r.mu.Lock()
+	dropped := maps.Clone(r.dropped)
+	for uid := range r.dropped {
+		if !slices.ContainsFunc(pods, func(rp reportedPod) bool { return types.UID(rp.status.UID) == uid }) {
+			delete(r.dropped, uid) // stopped: forget it
+		}
+	}
+	r.mu.Unlock()
 	for _, key := range slices.Sorted(maps.Keys(current)) {
+		if dropped[types.UID(current[key].status.UID)] {
+			continue
+		}
 		if !r.write(ctx, key, current[key]) {
 			return
 		}
