@@ -467,11 +467,15 @@ func (a *Agent) run(ctx context.Context, wg *sync.WaitGroup, i int) error {
 	if err != nil {
 		return fmt.Errorf("agent %s: %w", a.name, err)
 	}
+	// The source is made below, after the node sync whose Synced it
+	// waits for; the node sync calls SetRevisions only once it runs.
+	var source *agent.ServerSource
 	node, err := agent.NewNodeSync(agent.NodeSyncConfig{
 		Client:                  c,
 		Node:                    api.NewNode(a.name, nodeLabels(f.cfg, a.name), nil),
 		HostIP:                  "127.0.0.1",
 		SetNode:                 a.agent.SetNode,
+		SetRevisions:            func(revs api.NodeRevisions) { source.SetNodeRevisions(revs) },
 		Frequency:               f.cfg.HeartbeatPeriod,
 		ContainerRuntimeVersion: "fake://",
 		KubeletVersion:          "daemonlet/fleetsim",
@@ -484,7 +488,7 @@ func (a *Agent) run(ctx context.Context, wg *sync.WaitGroup, i int) error {
 		Client: c, Agent: a.agent, HostIP: "127.0.0.1", NodeUID: node.UID,
 		Interval: f.cfg.ReportInterval, Logger: logger,
 	})
-	source := agent.NewServerSource(agent.ServerSourceConfig{
+	source = agent.NewServerSource(agent.ServerSourceConfig{
 		Client: c, NodeName: a.name, Location: strings.Join(servers, ","),
 		NodeSynced: node.Synced(), PodDeleted: reporter.PodDeleted,
 		Coalesce: f.cfg.Coalesce, Logger: logger,
