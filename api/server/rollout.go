@@ -27,8 +27,13 @@ import (
 
 // Rollout controller tuning.
 const (
-	// rolloutDebounce gathers a burst of changes into one sync.
-	rolloutDebounce = 200 * time.Millisecond
+	// rolloutMinInterval is the least time between the starts of two
+	// syncs: a change after a quiet spell is synced at once (a rollout
+	// wave waits on the controller), a burst of changes is gathered into
+	// the next sync. The interval also grows to twice the last sync's
+	// duration, so that a large fleet's syncs never take more than about
+	// a third of a core.
+	rolloutMinInterval = 50 * time.Millisecond
 	// rolloutRetry is the delay before a failed sync is retried.
 	rolloutRetry = time.Second
 	// maxPinWritesPerSync bounds the Node writes of one sync, so that a
@@ -83,12 +88,17 @@ type rolloutProgress struct {
 }
 
 // runRolloutController syncs the rollouts when DaemonSets, Nodes, Pods or
-// ControllerRevisions change (debounced), when a pod is due to become
-// available, at a progress deadline, and at once while pin writes remain.
+// ControllerRevisions change (rate-limited by rolloutMinInterval), when a
+// pod is due to become available, at a progress deadline, and at once
+// while pin writes remain.
 func (s *Server) runRolloutController(ctx context.Context) {
 	c := &rolloutController{s: s, progress: map[types.UID]*rolloutProgress{}}
 	defer s.rolloutMetrics.reset()
-	var due <-chan time.Time
+	var (
+		due      <-chan time.Time
+		lastSync time.Time     // when the last sync started
+		lastTook time.Duration // how long it took
+	)
 	gc := s.clock.After(eventGCPeriod)
 	for {
 		select {
@@ -103,18 +113,22 @@ func (s *Server) runRolloutController(ctx context.Context) {
 		case <-s.rolloutKick:
 		case <-due:
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.clock.After(rolloutDebounce):
+		if wait := max(rolloutMinInterval, 2*lastTook) - s.clock.Since(lastSync); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.clock.After(wait):
+			}
 		}
 		select { // changes so far are covered by this sync
 		case <-s.rolloutKick:
 		default:
 		}
+		lastSync = s.clock.Now()
 		start := time.Now()
 		next, err := c.sync(ctx)
-		s.rolloutMetrics.syncDuration.Observe(time.Since(start).Seconds())
+		lastTook = time.Since(start)
+		s.rolloutMetrics.syncDuration.Observe(lastTook.Seconds())
 		if err != nil && ctx.Err() == nil {
 			s.log.Error("syncing DaemonSet rollouts", "error", err)
 			next = rolloutRetry
@@ -296,7 +310,7 @@ func (c *rolloutController) sync(ctx context.Context) (time.Duration, error) {
 		errs = append(errs, err)
 	}
 	if more {
-		soonest(time.Millisecond) // the rest of the writes, after the debounce
+		soonest(time.Millisecond) // the rest of the writes, after rolloutMinInterval
 	}
 	return next, errors.Join(errs...)
 }
@@ -542,24 +556,56 @@ func (c *rolloutController) setCondition(ctx context.Context, ds *appsv1.DaemonS
 // maxPinWritesPerSync; more tells that some were left for the next sync.
 // hashes (DaemonSet key → current hash) count the moves onto the current
 // revision.
+//
+// The changes that only drop revisions (a surge ended, a node unpinned)
+// are written first, and the others only once all of those succeeded: the
+// plan spent the budget they free, so a new surge must not reach an agent
+// while the surge it replaces still stands.
 func (c *rolloutController) writePins(ctx context.Context, st *rolloutState, changes map[string]map[string][]string, hashes map[string]string) (more bool, err error) {
-	s := c.s
-	var todo []*corev1.Node
+	var release, take []*corev1.Node
 	for _, n := range st.nodes {
-		if changes[n.Name] != nil {
-			todo = append(todo, n)
+		switch change := changes[n.Name]; {
+		case change == nil:
+		case onlyDrops(st.revs[n.Name], change):
+			release = append(release, n)
+		default:
+			take = append(take, n)
 		}
 	}
+	todo := append(release, take...)
 	if len(todo) > maxPinWritesPerSync {
 		todo, more = todo[:maxPinWritesPerSync], true
 	}
+	release, take = todo[:min(len(release), len(todo))], todo[min(len(release), len(todo)):]
+	if err := c.writeNodePins(ctx, st, release, changes, hashes); err != nil {
+		return true, err
+	}
+	return more, c.writeNodePins(ctx, st, take, changes, hashes)
+}
+
+// onlyDrops tells whether change leaves every DaemonSet of a node with a
+// subset of the revisions it is pinned to.
+func onlyDrops(before api.NodeRevisions, change map[string][]string) bool {
+	for key, pins := range change {
+		for _, h := range pins {
+			if !slices.Contains(before[key], h) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// writeNodePins writes the pin changes of nodes, pinWriters at a time.
+func (c *rolloutController) writeNodePins(ctx context.Context, st *rolloutState, nodes []*corev1.Node, changes map[string]map[string][]string, hashes map[string]string) error {
+	s := c.s
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
 		errs []error
 		sem  = make(chan struct{}, pinWriters)
 	)
-	for _, n := range todo {
+	for _, n := range nodes {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -583,7 +629,7 @@ func (c *rolloutController) writePins(ctx context.Context, st *rolloutState, cha
 		})
 	}
 	wg.Wait()
-	return more, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // pinNode applies one node's pin changes with optimistic concurrency,

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -153,12 +156,12 @@ func (f *fakeFleet) settled(name string) bool {
 }
 
 // run steps the fleet until done holds, calling each after every step;
-// it fails after 80 steps.
+// it fails after 30 s.
 func (f *fakeFleet) run(t *testing.T, what string, done func() bool, each func(), names ...string) {
 	t.Helper()
-	for range 80 {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		f.step(names...)
-		time.Sleep(2 * rolloutDebounce)
+		time.Sleep(4 * rolloutMinInterval)
 		if each != nil {
 			each()
 		}
@@ -197,7 +200,7 @@ func revisions(h *harness) map[string]*appsv1.ControllerRevision {
 }
 
 func TestRolloutMaxUnavailable(t *testing.T) {
-	t.Parallel() // they mostly wait for the controller's debounce
+	t.Parallel() // they mostly wait for the controller
 	h, _ := fleetHarness(t, nil, nil)
 	f := newFakeFleet(h, fleetNodes)
 	h.must("POST", dsPath, adminToken, rollingDS("web", "2", "0"), http.StatusCreated, nil)
@@ -235,11 +238,31 @@ func TestRolloutMaxUnavailable(t *testing.T) {
 }
 
 func TestRolloutSurge(t *testing.T) {
-	t.Parallel() // they mostly wait for the controller's debounce
+	t.Parallel() // they mostly wait for the controller
 	h, reg := fleetHarness(t, nil, nil)
 	f := newFakeFleet(h, fleetNodes)
 	h.must("POST", dsPath, adminToken, rollingDS("web", "0", "1"), http.StatusCreated, nil)
 	f.run(t, "the first revision everywhere", func() bool { return f.settled("web") }, nil, "web")
+
+	// Every state the Nodes pass through, as a watch sees them in order,
+	// not just those between steps: a new surge written before the end of
+	// the one it replaces would overshoot maxSurge for a moment.
+	ctx, cancel := context.WithCancel(context.Background())
+	events, _ := h.watch(ctx, "/api/v1/nodes?watch=1", adminToken)
+	maxSurging := make(chan int)
+	go func() {
+		surging, most := map[string]bool{}, 0
+		for ev := range events {
+			var n corev1.Node
+			if err := json.Unmarshal(ev.Object.Raw, &n); err != nil {
+				continue
+			}
+			revs, _ := api.ParseNodeRevisions(&n)
+			surging[n.Name] = len(revs["default/web"]) > 1
+			most = max(most, len(slices.DeleteFunc(slices.Collect(maps.Values(surging)), func(b bool) bool { return !b })))
+		}
+		maxSurging <- most
+	}()
 
 	setImage(h, "web", "busybox:2")
 	sawSurge := false
@@ -255,6 +278,10 @@ func TestRolloutSurge(t *testing.T) {
 	}, "web")
 	if !sawSurge {
 		t.Error("no node ever surged")
+	}
+	cancel()
+	if most := <-maxSurging; most != 1 {
+		t.Errorf("the Nodes' watch saw %d nodes surging at once, maxSurge 1", most)
 	}
 	eventually(t, "rollout gauges: 5 updated", func() bool {
 		m := gather(t, reg)
@@ -291,7 +318,7 @@ func TestSurgeCountsUpdatedOnlyOnceTheOldPodIsGone(t *testing.T) {
 }
 
 func TestRolloutOnDelete(t *testing.T) {
-	t.Parallel() // they mostly wait for the controller's debounce
+	t.Parallel() // they mostly wait for the controller
 	h, _ := fleetHarness(t, nil, nil)
 	f := newFakeFleet(h, fleetNodes[:2])
 	ds := testDaemonSet("web")
@@ -303,7 +330,7 @@ func TestRolloutOnDelete(t *testing.T) {
 	h2 := setImage(h, "web", "busybox:2")
 	for range 3 {
 		f.step("web")
-		time.Sleep(2 * rolloutDebounce)
+		time.Sleep(4 * rolloutMinInterval)
 	}
 	for _, n := range f.nodes {
 		if got := f.pins(n, "web"); !slices.Equal(got, []string{h1}) {
@@ -317,7 +344,7 @@ func TestRolloutOnDelete(t *testing.T) {
 	}
 	for range 3 {
 		f.step("web")
-		time.Sleep(2 * rolloutDebounce)
+		time.Sleep(4 * rolloutMinInterval)
 	}
 	if got := f.pins("b", "web"); !slices.Equal(got, []string{h1}) {
 		t.Fatalf("b moved to %v without its pod deleted", got)
@@ -325,7 +352,7 @@ func TestRolloutOnDelete(t *testing.T) {
 }
 
 func TestRolloutDeadlineAndAutoRollback(t *testing.T) {
-	t.Parallel() // they mostly wait for the controller's debounce
+	t.Parallel() // they mostly wait for the controller
 	h, reg := fleetHarness(t, nil, nil)
 	f := newFakeFleet(h, fleetNodes[:3])
 	for _, name := range []string{"stuck", "undo"} {
@@ -394,7 +421,7 @@ func TestRolloutDeadlineAndAutoRollback(t *testing.T) {
 }
 
 func TestRevisionHistoryLimitKeepsPinnedRevisions(t *testing.T) {
-	t.Parallel() // they mostly wait for the controller's debounce
+	t.Parallel() // they mostly wait for the controller
 	h, _ := fleetHarness(t, nil, nil)
 	f := newFakeFleet(h, fleetNodes[:2])
 	ds := testDaemonSet("web")
@@ -415,7 +442,7 @@ func TestRevisionHistoryLimitKeepsPinnedRevisions(t *testing.T) {
 }
 
 func TestNodeRevisionsRestriction(t *testing.T) {
-	t.Parallel() // they mostly wait for the controller's debounce
+	t.Parallel() // they mostly wait for the controller
 	h, _ := fleetHarness(t, nil, nil)
 	f := newFakeFleet(h, fleetNodes[:2])
 	h.must("POST", dsPath, adminToken, rollingDS("web", "1", "0"), http.StatusCreated, nil)
@@ -504,7 +531,7 @@ func TestControllerRevisionValidation(t *testing.T) {
 // of a rollout: b resumes it from the pins, revisions and pods in the
 // store.
 func TestRolloutLeaderFailover(t *testing.T) {
-	t.Parallel() // they mostly wait for the controller's debounce
+	t.Parallel() // they mostly wait for the controller
 	st := openStore(t, 0)
 	ea, eb := newGrantedElector(), newGrantedElector()
 	ea.grant()
