@@ -135,7 +135,8 @@ func surging(t *testing.T, f *fleetsim.Fleet, ds string) int {
 	return n
 }
 
-// createAndWait creates the DaemonSet and waits until every node runs it.
+// createAndWait creates the DaemonSet and waits until every node runs it
+// and the server has heard so.
 func createAndWait(t *testing.T, f *fleetsim.Fleet, ds *appsv1.DaemonSet) {
 	t.Helper()
 	created, err := f.Admin().DaemonSets("default").Create(context.Background(), ds, client.WriteOptions{})
@@ -150,6 +151,12 @@ func createAndWait(t *testing.T, f *fleetsim.Fleet, ds *appsv1.DaemonSet) {
 			}
 		}
 		return true
+	})
+	// And until the server knows it: a pod not reported yet is, for the
+	// rollout controller, a missing one, replaced outside the budget.
+	eventually(t, ds.Name+" available in the server's status", func() bool {
+		got, err := f.Admin().DaemonSets("default").Get(context.Background(), ds.Name)
+		return err == nil && got.Status.NumberAvailable == simNodes && got.Status.UpdatedNumberScheduled == simNodes
 	})
 }
 
