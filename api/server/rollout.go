@@ -30,10 +30,11 @@ const (
 	// rolloutMinInterval is the least time between the starts of two
 	// syncs: a change after a quiet spell is synced at once (a rollout
 	// wave waits on the controller), a burst of changes is gathered into
-	// the next sync. The interval also grows to twice the last sync's
-	// duration, so that a large fleet's syncs never take more than about
-	// a third of a core.
+	// the next sync. The interval grows to the last sync's duration, up
+	// to rolloutMaxInterval, so that a large fleet's syncs leave the
+	// server at least half of a core.
 	rolloutMinInterval = 50 * time.Millisecond
+	rolloutMaxInterval = time.Second
 	// rolloutRetry is the delay before a failed sync is retried.
 	rolloutRetry = time.Second
 	// maxPinWritesPerSync bounds the Node writes of one sync, so that a
@@ -113,7 +114,7 @@ func (s *Server) runRolloutController(ctx context.Context) {
 		case <-s.rolloutKick:
 		case <-due:
 		}
-		if wait := max(rolloutMinInterval, 2*lastTook) - s.clock.Since(lastSync); wait > 0 {
+		if wait := max(rolloutMinInterval, min(lastTook, rolloutMaxInterval)) - s.clock.Since(lastSync); wait > 0 {
 			select {
 			case <-ctx.Done():
 				return
