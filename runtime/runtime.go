@@ -15,12 +15,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/moby/sys/signal"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -48,6 +52,7 @@ type Runtime struct {
 	client    *client.Client
 	sandboxes *sandboxes
 	log       *slog.Logger
+	lists     listCalls[Container] // ListContainers' shared calls
 }
 
 // New connects to containerd and prepares the pod state directories.
@@ -546,16 +551,43 @@ func (r *Runtime) ContainerStatus(ctx context.Context, id string) (Container, er
 }
 
 // ListContainers returns every container daemonlet made in its namespace,
-// with its state.
+// with its state. Concurrent callers share one list (listCalls) that
+// started after each of them called; the containers' Labels maps are
+// shared and must not be mutated.
 func (r *Runtime) ListContainers(ctx context.Context) ([]Container, error) {
-	ctx = r.ctx(ctx)
+	return r.lists.do(r.ctx(ctx), r.listContainers)
+}
+
+// listContainers is ListContainers' one list; ctx has the namespace.
+func (r *Runtime) listContainers(ctx context.Context) ([]Container, error) {
 	conts, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q", LabelPodUID))
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
+	// One list of the namespace's tasks answers for every container:
+	// asking each container's task (Task, then Status) cost two round
+	// trips per container, and every pod worker lists on each pass.
+	resp, err := r.client.TaskService().List(ctx, &tasks.ListTasksRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("list tasks: %w", errgrpc.ToNative(err))
+	}
+	procs := make(map[string]*tasktypes.Process, len(resp.Tasks))
+	for _, p := range resp.Tasks {
+		procs[p.ID] = p
+	}
 	out := make([]Container, 0, len(conts))
 	for _, c := range conts {
-		st, err := r.status(ctx, c)
+		var st Container
+		if p, ok := procs[c.ID()]; ok {
+			st, err = r.containerInfo(ctx, c)
+			if err == nil {
+				st = r.withTask(ctx, c, st, p.Pid, p.Status, p.ExitStatus, protobuf.FromTimestamp(p.ExitedAt))
+			}
+		} else {
+			// No task, or one whose state containerd could not read
+			// for the list: ask for it alone, which tells them apart.
+			st, err = r.status(ctx, c)
+		}
 		if errdefs.IsNotFound(err) {
 			continue // removed while listing
 		} else if err != nil {
@@ -566,7 +598,30 @@ func (r *Runtime) ListContainers(ctx context.Context) ([]Container, error) {
 	return out, nil
 }
 
+// status is one container with the state of its task.
 func (r *Runtime) status(ctx context.Context, cont client.Container) (Container, error) {
+	c, err := r.containerInfo(ctx, cont)
+	if err != nil {
+		return Container{}, err
+	}
+	resp, err := r.client.TaskService().Get(ctx, &tasks.GetRequest{ContainerID: cont.ID()})
+	if err = errgrpc.ToNative(err); errdefs.IsNotFound(err) {
+		if !c.StartedAt.IsZero() {
+			// Started once, but its task is gone: containerd lost it
+			// (a reboot). Kubelet reports such a container this way.
+			c.State, c.ExitCode, c.Reason = StateExited, 137, "ContainerStatusUnknown"
+		}
+		return c, nil
+	} else if err != nil {
+		return Container{}, fmt.Errorf("container %s: task: %w", cont.ID(), err)
+	}
+	p := resp.Process
+	return r.withTask(ctx, cont, c, p.Pid, p.Status, p.ExitStatus, protobuf.FromTimestamp(p.ExitedAt)), nil
+}
+
+// containerInfo is one container as its labels describe it, in state
+// Created until withTask says otherwise.
+func (r *Runtime) containerInfo(ctx context.Context, cont client.Container) (Container, error) {
 	info, err := cont.Info(ctx, client.WithoutRefreshedMetadata)
 	if err != nil {
 		return Container{}, fmt.Errorf("container %s: %w", cont.ID(), err)
@@ -580,34 +635,24 @@ func (r *Runtime) status(ctx context.Context, cont client.Container) (Container,
 		CreatedAt: info.CreatedAt, State: StateCreated,
 	}
 	c.StartedAt, _ = time.Parse(time.RFC3339Nano, l[labelStartedAt])
-	task, err := cont.Task(ctx, nil)
-	if errdefs.IsNotFound(err) {
-		if !c.StartedAt.IsZero() {
-			// Started once, but its task is gone: containerd lost it
-			// (a reboot). Kubelet reports such a container this way.
-			c.State, c.ExitCode, c.Reason = StateExited, 137, "ContainerStatusUnknown"
-		}
-		return c, nil
-	} else if err != nil {
-		return Container{}, fmt.Errorf("container %s: task: %w", cont.ID(), err)
-	}
-	st, err := task.Status(ctx)
-	if err != nil {
-		return Container{}, fmt.Errorf("container %s: task status: %w", cont.ID(), err)
-	}
-	c.PID = task.Pid()
-	switch st.Status {
-	case client.Running, client.Paused, client.Pausing:
+	return c, nil
+}
+
+// withTask is c with the state of its task, as containerd reports it.
+func (r *Runtime) withTask(ctx context.Context, cont client.Container, c Container, pid uint32, status tasktypes.Status, exitStatus uint32, exitTime time.Time) Container {
+	c.PID = pid
+	switch status {
+	case tasktypes.Status_RUNNING, tasktypes.Status_PAUSED, tasktypes.Status_PAUSING:
 		c.State = StateRunning
-	case client.Created:
+	case tasktypes.Status_CREATED:
 		c.State = StateCreated
-	case client.Stopped:
-		c.State, c.ExitCode, c.FinishedAt = StateExited, int32(st.ExitStatus), st.ExitTime
-		c.Reason = r.exitReason(ctx, cont, l, c.ExitCode)
+	case tasktypes.Status_STOPPED:
+		c.State, c.ExitCode, c.FinishedAt = StateExited, int32(exitStatus), exitTime
+		c.Reason = r.exitReason(ctx, cont, c.Labels, c.ExitCode)
 	default:
 		c.State = StateUnknown
 	}
-	return c, nil
+	return c
 }
 
 // exitReason gives kubelet's reason for an exited container. An OOM kill
