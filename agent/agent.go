@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 
 	"github.com/daemonlet/daemonlet/api"
+	"github.com/daemonlet/daemonlet/runtime"
 	"github.com/daemonlet/daemonlet/store"
 )
 
@@ -78,9 +80,13 @@ type Agent struct {
 	syncPeriod time.Duration
 	metrics    *Metrics
 	bell       chan struct{} // sync doorbell, capacity 1
+	// podsBell rings when a pod's reported state may have changed
+	// (podChanged); the pod reporter waits on it. Capacity 1.
+	podsBell chan struct{}
 
 	mu             sync.Mutex // guards the fields below
 	nodeObj        *corev1.Node
+	nodeGen        uint64    // counts nodeObj replacements; see derivedIntents
 	noExecute      string    // canonical NoExecute taints, see noExecuteTaints
 	noExecuteSince time.Time // when noExecute last changed
 	order          []string
@@ -95,6 +101,14 @@ type Agent struct {
 	synced         bool // a sync ran after every source reported; see Ready
 	running        bool
 	wg             sync.WaitGroup // the workers' goroutines
+
+	// merged is mergeSources of the sources' sets, valid while mergedOK;
+	// whatever replaces a set clears mergedOK.
+	merged   []DesiredPod
+	mergedOK bool
+	// derived is what sync derives from each merged DesiredPod, by its
+	// DaemonSet; see derivedIntents.
+	derived map[*appsv1.DaemonSet]*derivedIntents
 }
 
 // orphan is a pod found in the runtime or the store at start that has no
@@ -124,9 +138,11 @@ func New(cfg Config) (*Agent, error) {
 		syncPeriod: cfg.SyncPeriod,
 		metrics:    cfg.Metrics,
 		bell:       make(chan struct{}, 1),
+		podsBell:   make(chan struct{}, 1),
 		sources:    map[string]*sourceState{},
 		workers:    map[string]*podWorker{},
 		orphans:    map[string]orphan{},
+		derived:    map[*appsv1.DaemonSet]*derivedIntents{},
 	}
 	if a.clock == nil {
 		a.clock = clock.RealClock{}
@@ -170,6 +186,7 @@ func (a *Agent) RestartPod(uid, reason string) bool {
 
 func (a *Agent) setNodeLocked(node *corev1.Node) {
 	a.nodeObj = node
+	a.nodeGen++
 	if ne := noExecuteTaints(node); ne != a.noExecute {
 		a.noExecute, a.noExecuteSince = ne, a.clock.Now()
 	}
@@ -352,6 +369,7 @@ func (a *Agent) restore(ctx context.Context) error {
 		s.set = set
 		a.loadedFromDB = true
 	}
+	a.mergedOK = false
 	for src, objs := range loadedObjs {
 		if s, ok := a.sources[src]; ok {
 			s.objects = objs
@@ -442,6 +460,7 @@ func (a *Agent) apply(u SourceUpdate) {
 		return
 	}
 	s.set, s.delivered, s.unpersisted = set, true, nil
+	a.mergedOK = false
 	s.objects = objs
 	a.rebuildObjectsLocked()
 	s.err = errors.Join(errs...)
@@ -478,26 +497,13 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 	// Ready waits for.
 	a.synced = a.synced || a.sourcesReportedLocked()
 
-	sets := map[string][]DesiredPod{}
-	for name, s := range a.sources {
-		sets[name] = s.set
-		s.conflicts = nil
-	}
-	merged, conflicts := mergeSources(a.order, sets)
-	for _, c := range conflicts {
-		a.sources[c.Loser].conflicts = append(a.sources[c.Loser].conflicts, c.String())
-	}
-	if joined := fmt.Sprint(conflicts); joined != a.lastConflicts {
-		for _, c := range conflicts {
-			a.log.Error("DaemonSet defined by two sources; the first registered wins",
-				"daemonset", c.Key, "used", c.Winner, "ignored", c.Loser)
-		}
-		a.lastConflicts = joined
+	if !a.mergedOK {
+		a.mergeLocked()
 	}
 
 	var wakeAt time.Time
-	intents := make([]podIntent, 0, len(merged))
-	for _, d := range merged {
+	intents := make([]podIntent, 0, len(a.merged))
+	for _, d := range a.merged {
 		var wake time.Time
 		intents, wake = a.appendIntents(intents, d, now)
 		wakeAt = earliest(wakeAt, wake)
@@ -527,7 +533,17 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 		a.startWorkerLocked(ctx, newPodWorker(a, in.UID, in.Pod, id, o.record))
 	}
 	for _, in := range plan.Update {
-		a.workers[in.UID].update(in.Pod)
+		w := a.workers[in.UID]
+		// A pass that changes nothing hands each worker the pod it has
+		// (derivedIntents keeps it): waking every worker for that would
+		// make every pass a pass of every pod. The periodic resync wakes
+		// them to look at their containers.
+		w.mu.Lock()
+		same := w.pod == in.Pod
+		w.mu.Unlock()
+		if !same {
+			w.update(in.Pod)
+		}
 	}
 	for _, st := range plan.Stop {
 		if w, ok := a.workers[st.UID]; ok {
@@ -543,28 +559,103 @@ func (a *Agent) sync(ctx context.Context) time.Time {
 	return wakeAt
 }
 
+// mergeLocked merges the sources' sets into merged, records each source's
+// conflicts, logs them when they changed, and forgets what was derived from
+// DaemonSets no longer merged.
+func (a *Agent) mergeLocked() {
+	sets := make(map[string][]DesiredPod, len(a.sources))
+	for name, s := range a.sources {
+		sets[name] = s.set
+		s.conflicts = nil
+	}
+	merged, conflicts := mergeSources(a.order, sets)
+	a.merged, a.mergedOK = merged, true
+	for _, c := range conflicts {
+		a.sources[c.Loser].conflicts = append(a.sources[c.Loser].conflicts, c.String())
+	}
+	if joined := fmt.Sprint(conflicts); joined != a.lastConflicts {
+		for _, c := range conflicts {
+			a.log.Error("DaemonSet defined by two sources; the first registered wins",
+				"daemonset", c.Key, "used", c.Winner, "ignored", c.Loser)
+		}
+		a.lastConflicts = joined
+	}
+	live := make(map[*appsv1.DaemonSet]bool, len(a.merged))
+	for _, d := range a.merged {
+		live[d.DaemonSet] = true
+	}
+	maps.DeleteFunc(a.derived, func(ds *appsv1.DaemonSet, _ *derivedIntents) bool { return !live[ds] })
+}
+
+// derivedIntents is what a sync pass derives from one DesiredPod without
+// looking at the time: its pods and the daemon tolerations, which depend
+// on the DesiredPod alone, and its eligibility, which depends on the node
+// too. A DesiredPod is built once per source update and never changed, so
+// a pass that changes nothing reuses all of it instead of deep-copying and
+// re-evaluating 100 templates.
+type derivedIntents struct {
+	revisions []podRevision // the DesiredPod's, whose identity it checks
+	key       string        // the DaemonSet's namespace/name
+	// pods are buildPod of each revision, nil when the DaemonSet is held.
+	// They are handed to workers as they are and must not be mutated.
+	pods        []*runtime.Pod
+	podKeys     []string // each pod's namespace/name
+	tolerations []corev1.Toleration
+	nodeGen     uint64 // the Agent.nodeGen elig was evaluated at
+	elig        eligibility
+}
+
+// derivedLocked returns what is derived from d, computing what is missing
+// or stale.
+func (a *Agent) derivedLocked(d DesiredPod) *derivedIntents {
+	c := a.derived[d.DaemonSet]
+	if c == nil || !sameRevisions(c.revisions, d.Revisions) {
+		c = &derivedIntents{revisions: d.Revisions, key: d.Key()}
+		if !d.held() {
+			for _, r := range d.Revisions {
+				pod := buildPod(d, r, a.node)
+				c.pods = append(c.pods, pod)
+				c.podKeys = append(c.podKeys, pod.Namespace+"/"+pod.Name)
+			}
+			// The NoExecute tolerations are those of the newest pod.
+			c.tolerations = c.pods[len(c.pods)-1].Spec.Tolerations
+		} else {
+			newest := d.Revisions[len(d.Revisions)-1].Template
+			if newest == nil {
+				newest = &d.DaemonSet.Spec.Template
+			}
+			spec := corev1.PodSpec{Tolerations: slices.Clone(newest.Spec.Tolerations)}
+			api.AddDaemonPodTolerations(&spec)
+			c.tolerations = spec.Tolerations
+		}
+		a.derived[d.DaemonSet] = c
+	}
+	if c.nodeGen != a.nodeGen {
+		c.elig, c.nodeGen = nodeEligibility(a.nodeObj, d.DaemonSet, c.tolerations), a.nodeGen
+	}
+	return c
+}
+
+// sameRevisions says whether a and b are the same slice, that is belong
+// to the same DesiredPod.
+func sameRevisions(a, b []podRevision) bool {
+	return len(a) == len(b) && len(a) > 0 && &a[0] == &b[0]
+}
+
 // appendIntents appends the intents of one DaemonSet, oldest revision
 // first, and returns when its decision changes by itself. Eligibility is
 // the DaemonSet's; the NoExecute tolerations are those of the newest pod
 // (of the current template while the DaemonSet is held).
 func (a *Agent) appendIntents(intents []podIntent, d DesiredPod, now time.Time) ([]podIntent, time.Time) {
-	newest := d.Revisions[len(d.Revisions)-1].Template
-	if newest == nil {
-		newest = &d.DaemonSet.Spec.Template
+	c := a.derivedLocked(d)
+	dec, wake, why := c.elig.decide(a.noExecuteSince, now)
+	if c.pods == nil {
+		return append(intents, podIntent{DaemonSet: c.key, Decision: dec, Why: why, Hold: true, Desired: d}), wake
 	}
-	// Only the newest pod's tolerations matter here; building them alone
-	// spares a sync that changes nothing a deep copy of every pod spec.
-	tolerations := corev1.PodSpec{Tolerations: slices.Clone(newest.Spec.Tolerations)}
-	api.AddDaemonPodTolerations(&tolerations)
-	dec, wake, why := decide(a.nodeObj, d.DaemonSet, tolerations.Tolerations, a.noExecuteSince, now)
-	if d.held() {
-		return append(intents, podIntent{DaemonSet: d.Key(), Decision: dec, Why: why, Hold: true, Desired: d}), wake
-	}
-	for i, r := range d.Revisions {
-		pod := buildPod(d, r, a.node)
+	for i, pod := range c.pods {
 		intents = append(intents, podIntent{
-			DaemonSet: d.Key(), Key: pod.Namespace + "/" + pod.Name, UID: pod.UID,
-			Decision: dec, Why: why, Kept: i < len(d.Revisions)-1, Pod: pod, Desired: d,
+			DaemonSet: c.key, Key: c.podKeys[i], UID: pod.UID,
+			Decision: dec, Why: why, Kept: i < len(c.pods)-1, Pod: pod, Desired: d,
 		})
 	}
 	return intents, wake

@@ -230,24 +230,46 @@ func (d decision) String() string {
 	return "stop"
 }
 
+// eligibility is what the node's labels and taints say of one DaemonSet
+// whatever the time: the DaemonSet controller's three-way predicate and the
+// taint-eviction controller's delay for the daemon pod's tolerations. It
+// changes only with the node or the DaemonSet, so the agent keeps it
+// between sync passes; decide adds the time.
+type eligibility struct {
+	shouldRun, shouldContinue bool
+	// evict, after and forever are api.NoExecuteEvictionDelay's answer.
+	evict, forever bool
+	after          time.Duration
+}
+
+// nodeEligibility evaluates ds, whose daemon pod has these tolerations, on
+// node.
+func nodeEligibility(node *corev1.Node, ds *appsv1.DaemonSet, tolerations []corev1.Toleration) eligibility {
+	var e eligibility
+	e.shouldRun, e.shouldContinue = api.NodeShouldRunDaemonPod(node, ds)
+	if e.shouldRun || e.shouldContinue {
+		e.evict, e.after, e.forever = api.NoExecuteEvictionDelay(node.Spec.Taints, tolerations)
+	}
+	return e
+}
+
 // decide applies the DaemonSet controller's three-way eligibility and the
-// taint-eviction controller's tolerationSeconds to one DaemonSet. The
-// eviction delay counts from noExecuteSince, when the agent last saw the
-// node's NoExecute taints change. It returns the instant at which the
-// answer changes by itself (zero if never) and why the pod must go.
-func decide(node *corev1.Node, ds *appsv1.DaemonSet, tolerations []corev1.Toleration, noExecuteSince, now time.Time) (d decision, wakeAt time.Time, why string) {
-	shouldRun, shouldContinue := api.NodeShouldRunDaemonPod(node, ds)
-	if !shouldRun && !shouldContinue {
+// taint-eviction controller's tolerationSeconds at now. The eviction delay
+// counts from noExecuteSince, when the agent last saw the node's NoExecute
+// taints change. It returns the instant at which the answer changes by
+// itself (zero if never) and why the pod must go.
+func (e eligibility) decide(noExecuteSince, now time.Time) (d decision, wakeAt time.Time, why string) {
+	if !e.shouldRun && !e.shouldContinue {
 		return decideStop, time.Time{}, "node no longer eligible"
 	}
-	if evict, after, forever := api.NoExecuteEvictionDelay(node.Spec.Taints, tolerations); evict && !forever {
-		deadline := noExecuteSince.Add(after)
+	if e.evict && !e.forever {
+		deadline := noExecuteSince.Add(e.after)
 		if !now.Before(deadline) {
-			return decideStop, time.Time{}, fmt.Sprintf("evicted: NoExecute taint tolerated for %v", after)
+			return decideStop, time.Time{}, fmt.Sprintf("evicted: NoExecute taint tolerated for %v", e.after)
 		}
 		wakeAt = deadline
 	}
-	if shouldRun {
+	if e.shouldRun {
 		return decideRun, wakeAt, ""
 	}
 	return decideKeep, wakeAt, ""

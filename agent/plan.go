@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/daemonlet/daemonlet/runtime"
@@ -95,8 +96,17 @@ func (p podPlan) String() string {
 func planPods(intents []podIntent, observed []podObserved, allowDeletions bool) podPlan {
 	var plan podPlan
 	byUID := make(map[string]podObserved, len(observed))
-	for _, o := range observed {
+	// A pod whose DaemonSet is known can belong to that DaemonSet only:
+	// indexing such pods spares comparing every pod with every DaemonSet.
+	owned := map[string][]int{} // indexes into observed, by DaemonSet
+	var unowned []int
+	for i, o := range observed {
 		byUID[o.UID] = o
+		if o.DaemonSet != "" {
+			owned[o.DaemonSet] = append(owned[o.DaemonSet], i)
+		} else {
+			unowned = append(unowned, i)
+		}
 	}
 	claimed := map[string]bool{}
 	for len(intents) > 0 {
@@ -106,9 +116,16 @@ func planPods(intents []podIntent, observed []podObserved, allowDeletions bool) 
 		}
 		group := intents[:n]
 		intents = intents[n:]
+		candidates := slices.Clip(owned[group[0].DaemonSet])
+		for _, i := range unowned {
+			if belongs(group, observed[i]) {
+				candidates = append(candidates, i)
+			}
+		}
+		slices.Sort(candidates) // in the order observed lists them
 		var mine []podObserved
-		for _, o := range observed {
-			if !claimed[o.UID] && belongs(group, o) {
+		for _, i := range candidates {
+			if o := observed[i]; !claimed[o.UID] {
 				claimed[o.UID] = true
 				mine = append(mine, o)
 			}

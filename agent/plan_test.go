@@ -2,6 +2,8 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -10,8 +12,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
 
+	"github.com/daemonlet/daemonlet/api"
 	"github.com/daemonlet/daemonlet/runtime"
+	"github.com/daemonlet/daemonlet/runtime/runtimetest"
 	"github.com/daemonlet/daemonlet/store"
 )
 
@@ -268,6 +273,14 @@ func TestPlanPods(t *testing.T) {
 		{name: "an interrupted stop is finished even before the sources speak",
 			observed: []podObserved{stopping(orphan("ns/x", "u9"))},
 			want:     "stop=[u9(no longer desired)]"},
+		{name: "pods known by owner and by name are taken in the order observed",
+			intents:  []podIntent{run("ns/a", "u3")},
+			observed: []podObserved{{Key: "ns/a", UID: "u1"}, worker("ns/a", "u2")},
+			want:     "stop=[u1(replaced by revision ru3) u2(replaced by revision ru3)] waiting=[ns/a]"},
+		{name: "pods known by name and by owner are taken in the order observed",
+			intents:  []podIntent{run("ns/a", "u3")},
+			observed: []podObserved{worker("ns/a", "u2"), {Key: "ns/a", UID: "u1"}},
+			want:     "stop=[u2(replaced by revision ru3) u1(replaced by revision ru3)] waiting=[ns/a]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -334,5 +347,64 @@ func TestPodIdentity(t *testing.T) {
 	}
 	if got := podName("agent", "Node-1"); got != "agent-node-1" {
 		t.Fatalf("pod name %q", got)
+	}
+}
+
+// TestDerivedIntentsFollowTheDesiredPodAndTheNode: a sync pass reuses the
+// pods and the eligibility it derived from a DesiredPod while neither it
+// nor the node changes, and derives them again when one does.
+func TestDerivedIntentsFollowTheDesiredPodAndTheNode(t *testing.T) {
+	db, err := store.Open(filepath.Join(t.TempDir(), "state.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	a, err := New(Config{NodeName: testNode, Runtime: runtimetest.New(clock.RealClock{}), Store: db, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	intents := func(ds *appsv1.DaemonSet) podIntent {
+		t.Helper()
+		d, err := newDesiredPod("file", ds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		in, _ := a.appendIntents(nil, d, now)
+		if len(in) != 1 {
+			t.Fatalf("%d intents, want 1", len(in))
+		}
+		return in[0]
+	}
+	ds := daemonSet("web", ctr("app", "img"))
+	ds.Spec.Template.Spec.NodeSelector = map[string]string{"pool": "a"}
+	d, err := newDesiredPod("file", ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass := func() podIntent {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		in, _ := a.appendIntents(nil, d, now)
+		return in[0]
+	}
+	first := pass()
+	if first.Decision != decideStop {
+		t.Fatalf("decision %v on a node without the selected label, want stop", first.Decision)
+	}
+	if again := pass(); again.Pod != first.Pod || again.Decision != decideStop {
+		t.Fatalf("a second pass built the pod again or decided %v", again.Decision)
+	}
+	a.SetNode(api.NewNode(testNode, map[string]string{"pool": "a"}, nil))
+	if moved := pass(); moved.Decision != decideRun || moved.Pod != first.Pod {
+		t.Fatalf("after the node got the label: decision %v, same pod %v; want run, same pod", moved.Decision, moved.Pod == first.Pod)
+	}
+	changed := ds.DeepCopy()
+	changed.Spec.Template.Spec.Containers[0].Image = "img:2"
+	if in := intents(changed); in.Pod.Revision == first.Pod.Revision || in.Pod.Spec.Containers[0].Image != "img:2" || in.Decision != decideRun {
+		t.Fatalf("a changed template gave revision %s (was %s), image %s, decision %v",
+			in.Pod.Revision, first.Pod.Revision, in.Pod.Spec.Containers[0].Image, in.Decision)
 	}
 }
