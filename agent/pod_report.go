@@ -23,10 +23,20 @@ import (
 
 // Pod reporter timings.
 const (
-	// DefaultReportInterval is how often the pod reporter looks for
-	// changes: it writes each pod at most once per interval, and only
-	// when the pod changed.
+	// DefaultReportInterval is the pod reporter's fallback period: it
+	// writes as soon as the pod workers signal a change, and looks for
+	// changes every interval besides, for what no worker signals (a
+	// DaemonSet's UID learned later, the node's UID) and to retry when
+	// the server was away.
 	DefaultReportInterval = time.Second
+	// reportBurst is how long the reporter gathers the changes of a
+	// burst (a pod's state and its containers' in one worker pass)
+	// before a pass.
+	reportBurst = 5 * time.Millisecond
+	// reportMinGap is the least time from one pass to the next that a
+	// change starts, so that a busy node is written at most 50 times a
+	// second; changes meanwhile are gathered into the next pass.
+	reportMinGap = 20 * time.Millisecond
 	// reportResyncPeriod is how often the reporter compares its pods with
 	// the server's list even without a reconnect, to heal lost writes.
 	reportResyncPeriod = 5 * time.Minute
@@ -44,15 +54,19 @@ type PodReporterConfig struct {
 	// mirror pods of file and HTTP pods; nil, or an empty UID, leaves them
 	// without an owner until it is known.
 	NodeUID func() types.UID
-	// Interval is the batching period; zero means DefaultReportInterval.
+	// Interval is the fallback period of passes without a change signal;
+	// zero means DefaultReportInterval.
 	Interval time.Duration
 	// Logger receives operational logs; nil means slog.Default().
 	Logger *slog.Logger
 }
 
 // PodReporter keeps one Pod object on the server per pod of the agent:
-// created when the pod appears, its status written when it changes (at
-// most once per Interval), deleted when the pod is gone. After a failed
+// created when the pod appears, its status written as soon as it changes,
+// as kubelet's status manager does, deleted when the pod is gone. The pod
+// workers signal changes (Agent.podChanged); a burst of them is one pass,
+// and passes are at least reportMinGap apart. A pass every Interval is
+// the fallback. After a failed
 // write (the server away) and every reportResyncPeriod it lists the node's
 // Pod objects and reconciles them whole: missing ones are created, stale
 // ones updated, and ones the agent does not run deleted.
@@ -111,16 +125,31 @@ func NewPodReporter(cfg PodReporterConfig) *PodReporter {
 	}
 }
 
-// Run reports until ctx ends.
+// Run reports until ctx ends: a pass at once, then one per change signal
+// and one every Interval. While the server is away only the Interval
+// passes retry, so that pods changing meanwhile do not hammer it.
 func (r *PodReporter) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
 		r.pass(ctx)
+		last := time.Now()
+		changes := r.cfg.Agent.podsBell
+		if r.needResync {
+			changes = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-changes:
+			wait := time.NewTimer(max(reportBurst, reportMinGap-time.Since(last)))
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return
+			case <-wait.C:
+			}
 		}
 	}
 }
@@ -320,7 +349,11 @@ func (r *PodReporter) write(ctx context.Context, key string, rp reportedPod) boo
 		wp.onServer, wp.meta, wp.status, wp.conds, wp.lastErr = true, meta, status, obj.Status.Conditions, ""
 		return true
 	}
-	if meta != wp.meta {
+	// A pod being stopped keeps the metadata it has on the server, as
+	// kubelet never rewrites a terminating pod's: its DaemonSet is gone
+	// from the set, and the object written without its owner would be an
+	// orphan that the server source brings back to run.
+	if meta != wp.meta && !rp.stopping {
 		if _, err := pods.Update(ctx, obj, client.WriteOptions{}); err != nil {
 			return r.failed(ctx, "update", key, wp, err)
 		}
@@ -504,6 +537,10 @@ func splitKey(key string) (ns, name string) {
 	return ns, name
 }
 
+// podChanged tells the pod reporter that a pod's reported state may have
+// changed, without blocking; signals coalesce until the reporter's pass.
+func (a *Agent) podChanged() { ringBell(a.podsBell) }
+
 // reportedPod is what the reporter needs of one pod of the agent.
 type reportedPod struct {
 	status   PodStatus
@@ -519,7 +556,7 @@ type reportedPod struct {
 func (a *Agent) reportedPods() []reportedPod {
 	a.mu.Lock()
 	workers := slices.Collect(maps.Values(a.workers))
-	dsUIDs := map[string]types.UID{}
+	dsUIDs := map[string]types.UID{} // of every DaemonSet in a set
 	for name, s := range a.sources {
 		for _, d := range s.set {
 			dsUIDs[name+"\x00"+d.Key()] = d.DaemonSet.UID
@@ -535,7 +572,10 @@ func (a *Agent) reportedPods() []reportedPod {
 		if rp.pod == nil || rp.pod.Spec == nil {
 			continue
 		}
-		rp.dsUID = dsUIDs[st.Source+"\x00"+st.Namespace+"/"+st.DaemonSet]
+		uid, inSet := dsUIDs[st.Source+"\x00"+st.Namespace+"/"+st.DaemonSet]
+		// A pod whose DaemonSet left its source's set is stopped by the
+		// next sync; until then it counts as stopping already.
+		rp.dsUID, rp.stopping = uid, rp.stopping || !inSet
 		out = append(out, rp)
 	}
 	return out

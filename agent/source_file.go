@@ -22,7 +22,10 @@ import (
 )
 
 // fileDebounce lets an editor's burst of writes (truncate, write, rename)
-// settle into one read.
+// settle into one read: a change that may be a write in progress (a file
+// created, truncated, written to, moved away) is read fileDebounce after
+// it, and the changes within fileDebounce after a set are gathered into
+// the next set.
 const fileDebounce = 100 * time.Millisecond
 
 // FileSourceConfig configures a FileSource.
@@ -46,6 +49,9 @@ type FileSource struct {
 	path   string
 	period time.Duration
 	log    *slog.Logger
+	// debounce is fileDebounce; tests lengthen it to tell a read at once
+	// from a debounced one.
+	debounce time.Duration
 
 	mu      sync.Mutex            // guards the fields below
 	files   map[string]*fileEntry // by path, the files of the last scan
@@ -66,10 +72,11 @@ var _ Source = (*FileSource)(nil)
 // NewFileSource returns a file source; Run starts it.
 func NewFileSource(cfg FileSourceConfig) *FileSource {
 	s := &FileSource{
-		path:   cfg.Path,
-		period: cfg.CheckFrequency,
-		log:    cfg.Logger,
-		files:  map[string]*fileEntry{},
+		path:     cfg.Path,
+		period:   cfg.CheckFrequency,
+		log:      cfg.Logger,
+		debounce: fileDebounce,
+		files:    map[string]*fileEntry{},
 	}
 	if s.period <= 0 {
 		s.period = DefaultCheckFrequency
@@ -96,6 +103,13 @@ func (s *FileSource) Report() SourceReport {
 
 // Run scans at once, then on every watch event and poll tick, sending the
 // full set whenever a file was added, changed or removed.
+//
+// A write that is complete (a file closed after writing, or renamed into
+// the folder) is read at once, unless a set went out less than the
+// debounce ago; any other change may be a write in progress and is read
+// the debounce later, or at once when a write completes meanwhile.
+// So a file is read when its writer is done with it, and an editor's
+// truncate, write and rename is one change.
 func (s *FileSource) Run(ctx context.Context, updates chan<- SourceUpdate) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -103,22 +117,57 @@ func (s *FileSource) Run(ctx context.Context, updates chan<- SourceUpdate) {
 	defer cancel()
 
 	events := make(chan struct{}, 1)
-	wg.Go(func() { s.watch(ctx, events) })
+	written := make(chan struct{}, 1)
+	// The first scan waits for the watch to be set up (or to fail), so
+	// that every change after the scan is seen.
+	watching := make(chan struct{})
+	var once sync.Once
+	wg.Go(func() { s.watch(ctx, events, written, func() { once.Do(func() { close(watching) }) }) })
+	select {
+	case <-watching:
+	case <-ctx.Done():
+		return
+	}
 	ticker := time.NewTicker(s.period)
 	defer ticker.Stop()
-	for {
-		if u, changed := s.scan(); changed && !sendUpdate(ctx, updates, u) {
-			return
+	// lastSent opens the window that gathers a burst; the set read at
+	// start opens none, as no change led to it.
+	var lastSent time.Time
+	for first := true; ; first = false {
+		if u, changed := s.scan(); changed {
+			if !sendUpdate(ctx, updates, u) {
+				return
+			}
+			if !first {
+				lastSent = time.Now()
+			}
 		}
+		var wait time.Duration
 		select {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+		case <-written:
+			wait = s.debounce - time.Since(lastSent)
 		case <-events:
+			t := time.NewTimer(s.debounce)
 			select {
 			case <-ctx.Done():
+				t.Stop()
 				return
-			case <-time.After(fileDebounce):
+			case <-t.C:
+			case <-written:
+				t.Stop()
+				wait = s.debounce - time.Since(lastSent)
+			}
+		}
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
 			}
 		}
 	}
@@ -296,14 +345,17 @@ const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY | unix.IN_CLO
 	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF
 
 // watch rings events whenever inotify reports a change under the manifest
-// path. A path that cannot be watched (not there yet, say) is retried with
-// a back-off from 1s up to the poll period, as kubelet does; meanwhile the
-// poll is what notices changes.
-func (s *FileSource) watch(ctx context.Context, events chan<- struct{}) {
+// path, and written too when the change completes a write. A path that
+// cannot be watched (not there yet, say) is retried with a back-off from
+// 1s up to the poll period, as kubelet does; meanwhile the poll is what
+// notices changes. It calls tried once the first watch is set up or has
+// failed.
+func (s *FileSource) watch(ctx context.Context, events, written chan<- struct{}, tried func()) {
 	backoff := time.Second
 	var lastErr string
 	for {
-		err := s.watchOnce(ctx, events)
+		err := s.watchOnce(ctx, events, written, tried)
+		tried()
 		if ctx.Err() != nil {
 			return
 		}
@@ -328,8 +380,10 @@ func (s *FileSource) watch(ctx context.Context, events chan<- struct{}) {
 // watchOnce watches the manifest directory (or a single manifest's parent
 // directory, so that an editor's rename-over is seen) until the watch ends:
 // nil when the directory itself went away, an error when it could not be
-// set up or read.
-func (s *FileSource) watchOnce(ctx context.Context, events chan<- struct{}) error {
+// set up or read. Events that complete a write (IN_CLOSE_WRITE,
+// IN_MOVED_TO) ring written as well as events. It calls setUp once the
+// watch is in place.
+func (s *FileSource) watchOnce(ctx context.Context, events, written chan<- struct{}, setUp func()) error {
 	target := s.path
 	fi, err := os.Stat(target)
 	if err != nil {
@@ -351,7 +405,9 @@ func (s *FileSource) watchOnce(ctx context.Context, events chan<- struct{}) erro
 	}
 	stop := context.AfterFunc(ctx, func() { f.Close() })
 	defer stop()
-	// Changes made before the watch existed would otherwise wait for the poll.
+	setUp()
+	// Changes made before the watch existed (a rewatch) would otherwise
+	// wait for the poll.
 	ringBell(events)
 
 	buf := make([]byte, 64*1024)
@@ -363,7 +419,7 @@ func (s *FileSource) watchOnce(ctx context.Context, events chan<- struct{}) erro
 			}
 			return fmt.Errorf("read inotify events: %w", err)
 		}
-		gone := false
+		gone, complete := false, false
 		// struct inotify_event: wd int32, mask uint32, cookie uint32,
 		// len uint32, then len bytes of name.
 		for off := 0; off+unix.SizeofInotifyEvent <= n; {
@@ -372,9 +428,15 @@ func (s *FileSource) watchOnce(ctx context.Context, events chan<- struct{}) erro
 			if mask&(unix.IN_IGNORED|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
 				gone = true
 			}
+			if mask&(unix.IN_CLOSE_WRITE|unix.IN_MOVED_TO) != 0 {
+				complete = true
+			}
 			off += unix.SizeofInotifyEvent + int(nameLen)
 		}
 		ringBell(events)
+		if complete {
+			ringBell(written)
+		}
 		if gone {
 			return nil
 		}

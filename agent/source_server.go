@@ -37,14 +37,18 @@ const (
 
 // Server source timings.
 const (
-	// DefaultServerCoalesce is how long the server source gathers changes
-	// before it sends a set, so that a burst of events is one update.
+	// DefaultServerCoalesce is the server source's window: a change after
+	// a quiet window is sent at once, and the changes that arrive within
+	// the window after a set are gathered into the next one, so that a
+	// burst of events costs at most two updates.
 	DefaultServerCoalesce = 100 * time.Millisecond
 	// serverDeleteGrace is how long a set holding a DaemonSet deletion
 	// waits. An orphaning delete first strips the pods' ownerReferences,
 	// then deletes the DaemonSet, and the two arrive on different watches:
 	// sending the deletion before the pods' change would stop a pod that
-	// is about to become an orphan the agent keeps.
+	// is about to become an orphan the agent keeps. Likewise an adoption
+	// first gives the orphan pod its new owner, which takes the orphan's
+	// DaemonSet out of the set before the new DaemonSet arrives.
 	serverDeleteGrace = time.Second
 	// Reconnect back-off bounds, doubled per failure, with jitter.
 	reconnectInitial = 200 * time.Millisecond
@@ -77,8 +81,9 @@ type ServerSourceConfig struct {
 	// PodDeleted, when set, is called for every Pod object of this node
 	// that the server deletes (PodReporter.PodDeleted).
 	PodDeleted func(*corev1.Pod)
-	// Coalesce is how long changes are gathered before a set is sent;
-	// zero means DefaultServerCoalesce.
+	// Coalesce is the least time between two sets: changes within it of
+	// the last set are gathered into the next; zero means
+	// DefaultServerCoalesce.
 	Coalesce time.Duration
 	// Logger receives operational logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -107,7 +112,7 @@ type ServerSource struct {
 	podsListed bool
 	crsListed  bool
 	dirty      bool             // a change not yet sent
-	dsDeleted  bool             // the pending change deletes a DaemonSet
+	dsDeleted  bool             // the pending change deletes a DaemonSet, or an orphan's
 	errs       map[string]error // by watched resource; nil once it works
 	errSent    string           // the error text last sent, to send it once
 	report     SourceReport
@@ -316,9 +321,15 @@ func (s *ServerSource) daemonSetEvent(t watch.EventType, ds *appsv1.DaemonSet) {
 
 func (s *ServerSource) replacePods(items []corev1.Pod) {
 	s.mu.Lock()
+	old := s.pods
 	s.pods = make(map[string]*corev1.Pod, len(items))
 	for i := range items {
 		s.pods[podKey(&items[i])] = &items[i]
+	}
+	for k, p := range old {
+		if isOrphan(p) && (s.pods[k] == nil || !isOrphan(s.pods[k])) {
+			s.dsDeleted = true
+		}
 	}
 	s.podsListed, s.dirty = true, true
 	s.mu.Unlock()
@@ -327,14 +338,27 @@ func (s *ServerSource) replacePods(items []corev1.Pod) {
 
 func (s *ServerSource) podEvent(t watch.EventType, pod *corev1.Pod) {
 	s.mu.Lock()
+	old := s.pods[podKey(pod)]
 	if t == watch.Deleted {
 		delete(s.pods, podKey(pod))
 	} else {
 		s.pods[podKey(pod)] = pod
 	}
-	s.dirty = true
+	// Only orphans are in the set: the many writes of the other pods'
+	// status change nothing, and sending them would hold the next real
+	// change back by the window.
+	wasOrphan := old != nil && isOrphan(old)
+	changes := wasOrphan || isOrphan(pod)
+	if changes {
+		s.dirty = true
+	}
+	if wasOrphan && (t == watch.Deleted || !isOrphan(pod)) {
+		s.dsDeleted = true
+	}
 	s.mu.Unlock()
-	s.ring()
+	if changes {
+		s.ring()
+	}
 	if t == watch.Deleted && s.cfg.PodDeleted != nil {
 		s.cfg.PodDeleted(pod)
 	}
@@ -360,8 +384,12 @@ func (s *ServerSource) working(resource string) {
 	s.ring()
 }
 
-// send is the sender loop: it coalesces changes and sends full sets, or
-// the connection error once.
+// send is the sender loop: it sends full sets, or the connection error
+// once. It acts on the leading edge, as kubelet's config sources pass a
+// change on at once: a change after a quiet Coalesce is sent without
+// waiting, and changes arriving while a set is handed over or within
+// Coalesce after it are gathered into the next set. A deletion waits
+// serverDeleteGrace whatever came before.
 func (s *ServerSource) send(ctx context.Context, updates chan<- SourceUpdate) {
 	if s.cfg.NodeSynced != nil {
 		select {
@@ -370,6 +398,7 @@ func (s *ServerSource) send(ctx context.Context, updates chan<- SourceUpdate) {
 			return
 		}
 	}
+	var lastSent time.Time
 	for {
 		select {
 		case <-s.bell:
@@ -377,20 +406,28 @@ func (s *ServerSource) send(ctx context.Context, updates chan<- SourceUpdate) {
 			return
 		}
 		s.mu.Lock()
-		wait := s.cfg.Coalesce
+		wait := s.cfg.Coalesce - time.Since(lastSent)
 		if s.dsDeleted {
 			wait = serverDeleteGrace
 		}
 		s.mu.Unlock()
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
 		}
 		u, ok := s.next()
-		if ok && !sendUpdate(ctx, updates, u) {
+		if !ok {
+			continue
+		}
+		if !sendUpdate(ctx, updates, u) {
 			return
 		}
+		lastSent = time.Now()
 	}
 }
 
@@ -472,13 +509,10 @@ func (s *ServerSource) setLocked() []*appsv1.DaemonSet {
 // of the DaemonSet's name and the revision) stays the same. Other pods
 // (controlled ones, mirror pods, pods not made by an agent) give nil.
 func orphanDaemonSet(pod *corev1.Pod) *appsv1.DaemonSet {
-	if metav1.GetControllerOf(pod) != nil || pod.Annotations[annotationConfigMirror] != "" {
+	if !isOrphan(pod) {
 		return nil
 	}
 	name, rev := pod.Annotations[AnnotationDaemonSet], pod.Labels[api.LabelControllerRevisionHash]
-	if name == "" || rev == "" {
-		return nil
-	}
 	labels := maps.Clone(pod.Labels)
 	delete(labels, api.LabelControllerRevisionHash)
 	annotations := maps.Clone(pod.Annotations)
@@ -504,6 +538,12 @@ func orphanDaemonSet(pod *corev1.Pod) *appsv1.DaemonSet {
 			},
 		},
 	}
+}
+
+// isOrphan says whether orphanDaemonSet makes a DaemonSet of the pod.
+func isOrphan(pod *corev1.Pod) bool {
+	return metav1.GetControllerOf(pod) == nil && pod.Annotations[annotationConfigMirror] == "" &&
+		pod.Annotations[AnnotationDaemonSet] != "" && pod.Labels[api.LabelControllerRevisionHash] != ""
 }
 
 // podKey is a Pod object's namespace/name.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -83,6 +84,10 @@ type podWorker struct {
 	log    *slog.Logger
 	m      *Metrics
 	onDone func(*podWorker) // called once the pod is gone
+	// changed tells the pod reporter that what it reports of the pod
+	// (state, container states, readiness, restarts, IP, presence) may
+	// have changed; it never blocks.
+	changed func()
 	// objects returns the agent's current ConfigMaps and Secrets.
 	objects func() *objectSet
 	bell    chan struct{} // coalescing doorbell, capacity 1
@@ -128,6 +133,7 @@ func newPodWorker(a *Agent, uid string, pod *runtime.Pod, id podIdentity, rec st
 		log:      a.log.With("pod", id.Namespace+"/"+id.Name, "uid", uid),
 		m:        a.metrics,
 		onDone:   a.workerDone,
+		changed:  a.podChanged,
 		objects:  a.currentObjects,
 		bell:     make(chan struct{}, 1),
 		exited:   make(chan struct{}),
@@ -193,6 +199,20 @@ func (w *podWorker) setState(s podState) {
 	w.mu.Unlock()
 	if from != s {
 		w.log.Info("pod state changed", "from", from, "to", s)
+		w.changed()
+	}
+}
+
+// setView publishes the pod's computed status, telling the reporter when
+// it differs from the last one.
+func (w *podWorker) setView(v podView) {
+	w.mu.Lock()
+	same := v.initDone == w.view.initDone && v.appStarted == w.view.appStarted &&
+		v.failure == w.view.failure && slices.Equal(v.containers, w.view.containers)
+	w.view = v
+	w.mu.Unlock()
+	if !same {
+		w.changed()
 	}
 }
 
@@ -229,6 +249,8 @@ func (w *podWorker) run(ctx context.Context) {
 			if w.terminate(ctx, pod, stop) {
 				w.setState(stateTerminated)
 				w.onDone(w)
+				// Gone from the agent's pods: its Pod object goes too.
+				w.changed()
 				return
 			}
 			if ctx.Err() != nil {
@@ -290,9 +312,7 @@ func (w *podWorker) sync(ctx, watchCtx context.Context, pod *runtime.Pod) time.T
 	// Step 0: refuse what the runtime cannot run, as kubelet's admission
 	// refuses a pod, instead of running it half-right.
 	if errs := runtime.CheckPodSpec(pod.Spec); len(errs) > 0 {
-		w.mu.Lock()
-		w.view = podView{failure: errs.ToAggregate().Error()}
-		w.mu.Unlock()
+		w.setView(podView{failure: errs.ToAggregate().Error()})
 		w.setState(stateFailed)
 		return time.Time{}
 	}
@@ -450,9 +470,7 @@ func (w *podWorker) publish(pod *runtime.Pod, acts podActions, now time.Time) ti
 	case acts.InitDone && running == len(pod.Spec.Containers):
 		state = stateRunning
 	}
-	w.mu.Lock()
-	w.view = view
-	w.mu.Unlock()
+	w.setView(view)
 	w.setState(state)
 	if state == stateRunning {
 		w.startTrack.running(w.m, w.clock.Now())
@@ -497,8 +515,12 @@ func (w *podWorker) start(ctx context.Context, pod *runtime.Pod, starts []contai
 		return
 	}
 	w.mu.Lock()
+	newIP := w.podIP != sb.IP
 	w.podIP = sb.IP
 	w.mu.Unlock()
+	if newIP {
+		w.changed()
+	}
 	// Volume files come before any container, as kubelet mounts volumes
 	// before it starts the pod; a missing object holds every container.
 	if err := projectVolumes(pod, sb, w.lastObjs, now); err != nil {

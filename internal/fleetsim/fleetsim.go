@@ -104,11 +104,13 @@ type Config struct {
 	// HeartbeatPeriod is the agents' --node-status-update-frequency; zero
 	// means the agent's default (10 s).
 	HeartbeatPeriod time.Duration
-	// ReportInterval is the pod reporter's batching period; zero means
-	// the agent's default (1 s).
+	// ReportInterval is the pod reporter's fallback period (it writes a
+	// pod's change at once, and looks again every interval); zero means
+	// the agent's default (agent.DefaultReportInterval).
 	ReportInterval time.Duration
-	// Coalesce is how long the server source gathers watch events before
-	// it hands a set to the sync loop; zero means the agent's default
+	// Coalesce is the server source's window: a change after a quiet
+	// window goes to the sync loop at once, and those within it after a
+	// set are gathered into the next; zero means the agent's default
 	// (agent.DefaultServerCoalesce).
 	Coalesce time.Duration
 	// SyncPeriod is the agents' periodic resync; zero means the agent's
