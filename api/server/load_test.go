@@ -45,7 +45,7 @@ type loadParams struct {
 
 // heapPerWatcher bounds the heap one watcher holds, client and server side
 // together (about 37 KiB measured: connection buffers, the subscriber's
-// channel, decoders).
+// queue, decoders).
 const heapPerWatcher = 96 << 10
 
 // digest folds the events of one watch, in order, into a count, the last
@@ -449,7 +449,7 @@ func runLoad(t *testing.T, open func(*testing.T) cluster.Store, p loadParams) {
 			for _, b := range h.srv.broadcasters {
 				b.mu.Lock()
 				for sub := range b.subs {
-					if len(sub.ch) > 0 {
+					if len(sub.queue) > 0 {
 						b.mu.Unlock()
 						return false
 					}

@@ -130,7 +130,8 @@ func (s *Server) runNodeMonitor(ctx context.Context) {
 // checkNodes marks Ready=Unknown every node silent for longer than the
 // grace period, writing only nodes whose Ready condition changes.
 func (s *Server) checkNodes(ctx context.Context) error {
-	nodes, _, err := s.list(ctx, s.nodes, "", nil)
+	// The cache's shared nodes: a silent one is copied before it changes.
+	nodes, _, err := s.nodeCache.list(ctx, s.store)
 	if err != nil {
 		return err
 	}
@@ -151,7 +152,7 @@ func (s *Server) checkNodes(ctx context.Context) error {
 			last = stored
 		}
 		if now.Sub(last) >= s.cfg.NodeMonitorGracePeriod {
-			silent = append(silent, n)
+			silent = append(silent, n.DeepCopy())
 		}
 	}
 	for name := range s.heartbeats.last {

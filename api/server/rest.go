@@ -132,11 +132,18 @@ func (s *Server) get(r *http.Request, req request, subresource string) (object, 
 	return o, nil
 }
 
-// read fetches and decodes one stored object.
+// read fetches and decodes one stored object, a private copy the caller
+// may change.
 func (s *Server) read(ctx context.Context, req request) (cluster.KV, object, error) {
 	kv, err := s.store.Get(ctx, req.res.key(req.namespace, req.name))
 	if err != nil {
 		return kv, nil, storeError(req.res, req.name, err)
+	}
+	// Nodes and Pods, read on every heartbeat and status write, come
+	// from the cache when it has their revision.
+	if c := s.broadcasters[req.res].cache; c != nil {
+		o, err := c.decode(kv)
+		return kv, o, err
 	}
 	o, err := req.res.decode(kv)
 	return kv, o, err

@@ -177,11 +177,13 @@ func (c *rolloutController) read(ctx context.Context) (*rolloutState, error) {
 	if err != nil {
 		return nil, err
 	}
-	nodes, _, err := s.list(ctx, s.nodes, "", nil)
+	// From the decoded caches, whose objects are shared: pods are only
+	// read, nodes are copied below since pinNode changes them.
+	nodes, _, err := s.nodeCache.list(ctx, s.store)
 	if err != nil {
 		return nil, err
 	}
-	pods, _, err := s.list(ctx, s.pods, "", nil)
+	pods, _, err := s.podCache.list(ctx, s.store)
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +194,7 @@ func (c *rolloutController) read(ctx context.Context) (*rolloutState, error) {
 		live[ds.UID] = true
 	}
 	for _, o := range nodes {
-		n := o.(*corev1.Node)
+		n := o.(*corev1.Node).DeepCopy()
 		st.nodes = append(st.nodes, n)
 		revs, err := api.ParseNodeRevisions(n)
 		if err != nil {

@@ -71,6 +71,10 @@ type Server struct {
 	hooks                   map[*resource]hooks
 	handler                 http.Handler
 
+	// nodeCache and podCache hold the decoded Nodes and Pods the
+	// controllers read on every sync (read-only, see decodedCache).
+	nodeCache, podCache *decodedCache
+
 	heartbeats *heartbeats
 	// statusKick is the status controller's doorbell (cap 1, written
 	// without blocking).
@@ -119,6 +123,7 @@ func New(cfg Config) (*Server, error) {
 	s.daemonSets, s.nodes, s.pods = newResources()
 	s.configMaps, s.secrets = newObjectResources(cfg.Encryption)
 	s.controllerRevisions, s.events = newControllerRevisionResource(), newEventResource()
+	s.nodeCache, s.podCache = newDecodedCache(s.nodes), newDecodedCache(s.pods)
 	for _, res := range s.resources() {
 		notify := s.kickControllers
 		if res == s.events {
@@ -126,6 +131,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.broadcasters[res] = newBroadcaster(res, s.store, s.log, notify)
 	}
+	s.broadcasters[s.nodes].cache, s.broadcasters[s.pods].cache = s.nodeCache, s.podCache
 	s.hooks = map[*resource]hooks{
 		s.daemonSets: {afterWrite: s.adoptPods, beforeDelete: s.orphanPods},
 		s.nodes:      {afterWrite: s.nodeWritten, afterDelete: s.deleteNodePods, statusUnchanged: s.nodeHeartbeat},

@@ -63,11 +63,12 @@ func (s *Server) syncStatus(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	nodeObjs, _, err := s.list(ctx, s.nodes, "", nil)
+	// Nodes and pods are only read here: the caches' shared objects.
+	nodeObjs, _, err := s.nodeCache.list(ctx, s.store)
 	if err != nil {
 		return 0, err
 	}
-	podObjs, _, err := s.list(ctx, s.pods, "", nil)
+	podObjs, _, err := s.podCache.list(ctx, s.store)
 	if err != nil {
 		return 0, err
 	}

@@ -45,11 +45,31 @@ type watchEvent struct {
 	frame []byte // a metav1.WatchEvent as JSON, newline-terminated
 }
 
-// subscriber is one HTTP watcher registered with a broadcaster.
+// subscriber is one HTTP watcher registered with a broadcaster. Its
+// pending events are a slice that grows only while the watcher lags, not
+// a channel of subscriberBuffer slots: most watchers are idle most of the
+// time, and thousands of them would each hold the slots for nothing.
 type subscriber struct {
-	ch    chan *watchEvent // closed when the broadcaster drops it
-	after int64            // only events with a higher revision are sent
+	after int64 // only events with a higher revision are sent
 	match func(object) bool
+	// wake is signalled (cap 1, without blocking) when events are queued
+	// or the subscriber is dropped.
+	wake chan struct{}
+	// queue holds the events not yet taken by the watcher, at most
+	// subscriberBuffer (guarded by the broadcaster's mu).
+	queue []*watchEvent
+	// dropped is set when the broadcaster drops the subscriber; the
+	// watcher's stream then ends once it has written the queue (guarded
+	// by the broadcaster's mu).
+	dropped bool
+}
+
+// signal wakes the subscriber's watcher without blocking.
+func (sub *subscriber) signal() {
+	select {
+	case sub.wake <- struct{}{}:
+	default:
+	}
 }
 
 // broadcaster runs the single store watch of a resource and fans its
@@ -59,6 +79,9 @@ type broadcaster struct {
 	store  cluster.Store
 	log    *slog.Logger
 	notify func() // called after each event (wakes the controllers)
+	// cache, when set, is given every object decoded for the watchers,
+	// so that the controllers need not decode it again.
+	cache *decodedCache
 
 	mu sync.Mutex
 	// rev is the revision of the last event dispatched, or the revision
@@ -107,9 +130,23 @@ func (b *broadcaster) run(ctx context.Context) {
 				b.log.Error("skipping an undecodable change", "key", ev.KV.Key, "error", err)
 				continue
 			}
+			// Before the controllers are woken, so that their next read
+			// finds the change decoded.
+			b.remember(ev, e)
 			b.dispatch(e)
 			b.notify()
 		}
+	}
+}
+
+// remember hands a change's decoded object to the cache, if any.
+func (b *broadcaster) remember(ev cluster.Event, e *watchEvent) {
+	switch {
+	case b.cache == nil:
+	case ev.Type == cluster.EventDelete:
+		b.cache.forget(ev.KV.Key, ev.Revision)
+	default:
+		b.cache.offer(ev.KV.Key, ev.KV.ModRevision, e.obj)
 	}
 }
 
@@ -128,13 +165,30 @@ func (b *broadcaster) dispatch(e *watchEvent) {
 		if e.rev <= sub.after || !sub.match(e.obj) {
 			continue
 		}
-		select {
-		case sub.ch <- e:
-		default:
-			delete(b.subs, sub)
-			close(sub.ch)
+		if len(sub.queue) >= subscriberBuffer {
+			b.drop(sub)
+			continue
 		}
+		sub.queue = append(sub.queue, e)
+		sub.signal()
 	}
+}
+
+// drop ends a subscriber; b.mu must be held.
+func (b *broadcaster) drop(sub *subscriber) {
+	delete(b.subs, sub)
+	sub.dropped = true
+	sub.signal()
+}
+
+// take hands the watcher the queued events, in order, taking back the
+// slice of its previous take (done with, and cleared) for reuse; open is
+// false once the subscriber has been dropped.
+func (b *broadcaster) take(sub *subscriber, done []*watchEvent) (events []*watchEvent, open bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	events, sub.queue = sub.queue, done[:0]
+	return events, !sub.dropped
 }
 
 // dropAll ends every subscriber; with rev > 0 it also forgets the ring and
@@ -143,8 +197,7 @@ func (b *broadcaster) dropAll(rev int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for sub := range b.subs {
-		delete(b.subs, sub)
-		close(sub.ch)
+		b.drop(sub)
 	}
 	if rev > 0 {
 		b.ring, b.rev, b.ringStart = nil, rev, rev
@@ -165,7 +218,7 @@ func (b *broadcaster) subscribe(after int64, match func(object) bool) (sub *subs
 			backlog = append(backlog, e)
 		}
 	}
-	sub = &subscriber{ch: make(chan *watchEvent, subscriberBuffer), after: after, match: match}
+	sub = &subscriber{wake: make(chan struct{}, 1), after: after, match: match}
 	b.subs[sub] = struct{}{}
 	return sub, backlog, true
 }
@@ -174,8 +227,7 @@ func (b *broadcaster) unsubscribe(sub *subscriber) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.subs[sub]; ok {
-		delete(b.subs, sub)
-		close(sub.ch)
+		b.drop(sub)
 	}
 }
 
@@ -192,7 +244,7 @@ func (b *broadcaster) covers(rev int64) bool {
 func (b *broadcaster) bookmarkRevision(sub *subscriber) (int64, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return max(b.rev, sub.after), len(sub.ch) == 0
+	return max(b.rev, sub.after), len(sub.queue) == 0
 }
 
 // makeEvent decodes a store change and encodes its watch frame.
@@ -288,6 +340,7 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, req request,
 		return
 	}
 	defer b.unsubscribe(sub)
+	var events []*watchEvent // the last take, handed back on the next
 	var bookmarks <-chan time.Time
 	if opts.bookmarks {
 		t := s.clock.NewTimer(bookmarkPeriod)
@@ -298,11 +351,20 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, req request,
 		select {
 		case <-ctx.Done():
 			return
-		case e, open := <-sub.ch:
-			if !open || ws.write(e.frame) != nil {
+		case <-sub.wake:
+			var open bool
+			events, open = b.take(sub, events)
+			for _, e := range events {
+				if ws.write(e.frame) != nil {
+					return
+				}
+				last = e.rev
+			}
+			// An idle watcher keeps no event reachable.
+			clear(events)
+			if !open {
 				return
 			}
-			last = e.rev
 		case <-bookmarks:
 			if rev, idle := b.bookmarkRevision(sub); idle && rev >= last {
 				bm := res.newObject()
