@@ -119,8 +119,8 @@ func TestBenchPodStart(t *testing.T) {
 		name, from, does string
 		ds               []time.Duration
 	}{
-		{"file", "the manifest renamed into --pod-manifest-path", "inotify, the source's debounce and a read of the folder", fileD},
-		{"server", "the DaemonSet's create request returning (`daemonlet server` process, HTTPS, bbolt)", fmt.Sprintf("the watch, %v of coalescing", agent.DefaultServerCoalesce), serverD},
+		{"file", "the manifest renamed into --pod-manifest-path", "inotify (a rename in is read at once) and a read of the folder", fileD},
+		{"server", "the DaemonSet's create request returning (`daemonlet server` process, HTTPS, bbolt)", fmt.Sprintf("the watch (a change after a quiet %v goes out at once)", agent.DefaultServerCoalesce), serverD},
 	} {
 		p50, p99, _ := quantiles(src.ds)
 		c := fmt.Sprintf(cond, src.from, src.does)

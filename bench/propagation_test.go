@@ -24,7 +24,8 @@ import (
 // runs, and when a rolling update lets it, is other figures' business (the
 // DaemonSet runs on no node, see propagationDS). The clock starts as the
 // update request is sent, so the server's write is included. The source's
-// coalescing (agent.DefaultServerCoalesce) is part of the agents' time.
+// coalescing (agent.DefaultServerCoalesce, on the leading edge: a change
+// after a quiet window goes out at once) is part of the agents' time.
 // The reference is as many plain api/client watches of DaemonSets on the
 // same server, open during the same applies.
 //

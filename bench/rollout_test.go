@@ -34,9 +34,10 @@ const rolloutStart = 200 * time.Millisecond
 // The theoretical minimum is waves × rolloutStart: maxUnavailable 10 %
 // (rounded up, as Kubernetes does) replaces at most that many nodes at a
 // time, each wave waiting for its pods to start. What the rollout adds on
-// top is per wave: the agents' status reports (the pod reporter batches
-// them, agent default period), the rollout controller's debounce and the
-// pins' way to the agents.
+// top is per wave: the agents' status reports (written as a pod changes),
+// the rollout controller's sync (at once after a quiet spell, then at
+// most every 50 ms) and the pins' way to the agents, all on a CPU the
+// whole simulated fleet shares.
 func TestBenchRollout(t *testing.T) {
 	n := bench.Pick(500, 20)
 	requireFiles(t, 3*n+256)
@@ -80,7 +81,7 @@ func TestBenchRollout(t *testing.T) {
 		Name: fmt.Sprintf("rollout-%d", n), Value: took.Seconds(), Unit: "s",
 		Reference: minimum.Seconds(), ReferenceName: fmt.Sprintf("theoretical minimum, %d waves × %v", waves, rolloutStart),
 		Target: "ratio <= 1.5", Met: ratio <= 1.5,
-		Conditions: fmt.Sprintf("%d agents (fleetsim: whole agents on the fake runtime, server on bbolt in process, HTTPS), maxUnavailable 10%%, minReadySeconds 0, pod start %v, agent defaults (pod report period %v), from the update request to every agent running only the new revision ready, sampled every 20 ms; %d CPUs shared",
+		Conditions: fmt.Sprintf("%d agents (fleetsim: whole agents on the fake runtime, server on bbolt in process, HTTPS), maxUnavailable 10%%, minReadySeconds 0, pod start %v, agent defaults (pod status reported as it changes, fallback pass every %v), from the update request to every agent running only the new revision ready, sampled every 20 ms; %d CPUs shared",
 			n, rolloutStart, agent.DefaultReportInterval, runtime.NumCPU()),
 	})
 }
