@@ -20,26 +20,7 @@ import (
 // deletion once the pod is gone.
 func TestPodReporterWritesOnWorkerChanges(t *testing.T) {
 	rig := newServerRig(t)
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := New(Config{NodeName: testNode, Runtime: rig.rt, Store: rig.db, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep := NewPodReporter(PodReporterConfig{Client: rig.c, Agent: a, HostIP: "127.0.0.1", Interval: time.Hour, Logger: logger})
-	ctx, cancel := context.WithCancel(context.Background())
-	updates := make(chan SourceUpdate)
-	done := make(chan struct{}, 2)
-	go func() { _ = a.Run(ctx, updates, []string{SourceServer}); done <- struct{}{} }()
-	go func() { rep.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	send := func(dss ...*appsv1.DaemonSet) {
-		t.Helper()
-		select {
-		case updates <- SourceUpdate{Source: SourceServer, DaemonSets: dss}:
-		case <-time.After(10 * time.Second):
-			t.Fatal("agent does not take updates")
-		}
-	}
+	a, send := rig.runReported(time.Hour)
 
 	ds := rig.createDS(daemonSet("web", ctr("app", "img")))
 	send(ds)
@@ -68,7 +49,7 @@ func TestPodReporterWritesOnWorkerChanges(t *testing.T) {
 
 	send()
 	waitFor(t, "the Pod object deleted", func() bool {
-		_, err := rig.c.Pods("default").Get(ctx, "web-"+testNode)
+		_, err := rig.c.Pods("default").Get(context.Background(), "web-"+testNode)
 		return apierrors.IsNotFound(err)
 	})
 }
@@ -108,5 +89,32 @@ func TestStoppingPodKeepsItsOwner(t *testing.T) {
 	}
 	if p.Status.Phase != corev1.PodSucceeded {
 		t.Errorf("phase = %s, want the stopping pod's status written", p.Status.Phase)
+	}
+}
+
+// runReported starts an agent on the rig's runtime and store with a pod
+// reporter writing to the rig's server every interval (and on each
+// change); the test plays the agent's server source: send hands it a set.
+func (r *serverRig) runReported(interval time.Duration) (a *Agent, send func(dss ...*appsv1.DaemonSet)) {
+	t := r.t
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, err := New(Config{NodeName: testNode, Runtime: r.rt, Store: r.db, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := NewPodReporter(PodReporterConfig{Client: r.c, Agent: a, HostIP: "127.0.0.1", Interval: interval, Logger: logger})
+	ctx, cancel := context.WithCancel(context.Background())
+	updates := make(chan SourceUpdate)
+	done := make(chan struct{}, 2)
+	go func() { _ = a.Run(ctx, updates, []string{SourceServer}); done <- struct{}{} }()
+	go func() { rep.Run(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	return a, func(dss ...*appsv1.DaemonSet) {
+		t.Helper()
+		select {
+		case updates <- SourceUpdate{Source: SourceServer, DaemonSets: dss}:
+		case <-time.After(10 * time.Second):
+			t.Fatal("agent does not take updates")
+		}
 	}
 }

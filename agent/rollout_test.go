@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -341,26 +340,8 @@ func TestRolloutReportsBothPods(t *testing.T) {
 
 	// The agent's server source is the test, so that the pins need no
 	// rollout controller; the reporter writes to the real server.
-	logger := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := New(Config{NodeName: testNode, Runtime: rig.rt, Store: rig.db, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep := NewPodReporter(PodReporterConfig{Client: rig.c, Agent: a, HostIP: "127.0.0.1", Interval: 20 * time.Millisecond, Logger: logger})
-	ctx, cancel := context.WithCancel(context.Background())
-	updates := make(chan SourceUpdate)
-	done := make(chan struct{}, 2)
-	go func() { _ = a.Run(ctx, updates, []string{SourceServer}); done <- struct{}{} }()
-	go func() { rep.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	send := func(ds *appsv1.DaemonSet) {
-		t.Helper()
-		select {
-		case updates <- SourceUpdate{Source: SourceServer, DaemonSets: []*appsv1.DaemonSet{ds}}:
-		case <-time.After(10 * time.Second):
-			t.Fatal("agent does not take updates")
-		}
-	}
+	_, send := rig.runReported(20 * time.Millisecond)
+	ctx := context.Background()
 	controlled := func(p *corev1.Pod, hash string) bool {
 		ref := metav1.GetControllerOf(p)
 		return ref != nil && ref.UID == created.UID && p.Labels[api.LabelControllerRevisionHash] == hash && p.Spec.NodeName == testNode
