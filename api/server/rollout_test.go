@@ -180,12 +180,31 @@ func rollingDS(name, maxUnavailable, maxSurge string) *appsv1.DaemonSet {
 	return ds
 }
 
-// setImage changes the DaemonSet's template as kubectl set image does.
+// setImage changes the DaemonSet's template as kubectl set image does. The
+// status and rollout controllers write the DaemonSet's status at any
+// time, so a read-modify-write can lose the race with a 409, as it can
+// against a real API server: like client-go's RetryOnConflict, it then
+// re-reads and tries again.
 func setImage(h *harness, name, image string) string {
 	var ds appsv1.DaemonSet
-	h.must("GET", dsPath+"/"+name, adminToken, nil, http.StatusOK, &ds)
-	ds.Spec.Template.Spec.Containers[0].Image = image
-	h.must("PUT", dsPath+"/"+name, adminToken, &ds, http.StatusOK, &ds)
+	eventually(h.t, "an update of "+name+"'s image without a conflict", func() bool {
+		ds = appsv1.DaemonSet{}
+		h.must("GET", dsPath+"/"+name, adminToken, nil, http.StatusOK, &ds)
+		ds.Spec.Template.Spec.Containers[0].Image = image
+		resp, data := h.do("PUT", dsPath+"/"+name, adminToken, &ds)
+		switch resp.StatusCode {
+		case http.StatusConflict:
+			return false
+		case http.StatusOK:
+		default:
+			h.t.Fatalf("PUT %s: status %d: %s", name, resp.StatusCode, data)
+		}
+		ds = appsv1.DaemonSet{}
+		if err := json.Unmarshal(data, &ds); err != nil {
+			h.t.Fatal(err)
+		}
+		return true
+	})
 	return api.TemplateHash(&ds.Spec.Template, ds.Status.CollisionCount)
 }
 
