@@ -181,10 +181,7 @@ func TestSecretAuthMatrix(t *testing.T) {
 		t.Errorf("message %q\nwant    %q", got, want)
 	}
 	// Once the DaemonSet stops using it, the node loses access.
-	var cur appsv1.DaemonSet
-	h.must("GET", dsPath+"/web", adminToken, nil, http.StatusOK, &cur)
-	cur.Spec.Template.Spec.Volumes = cur.Spec.Template.Spec.Volumes[1:]
-	h.must("PUT", dsPath+"/web", adminToken, &cur, http.StatusOK, nil)
+	updateDaemonSet(h, "web", func(ds *appsv1.DaemonSet) { ds.Spec.Template.Spec.Volumes = ds.Spec.Template.Spec.Volumes[1:] })
 	h.must("GET", secretPath+"/used", node1Token, nil, http.StatusForbidden, nil)
 }
 

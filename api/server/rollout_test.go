@@ -186,11 +186,20 @@ func rollingDS(name, maxUnavailable, maxSurge string) *appsv1.DaemonSet {
 // against a real API server: like client-go's RetryOnConflict, it then
 // re-reads and tries again.
 func setImage(h *harness, name, image string) string {
+	ds := updateDaemonSet(h, name, func(ds *appsv1.DaemonSet) { ds.Spec.Template.Spec.Containers[0].Image = image })
+	return api.TemplateHash(&ds.Spec.Template, ds.Status.CollisionCount)
+}
+
+// updateDaemonSet applies mutate to a fresh read of the DaemonSet and
+// writes it, again on a conflict (the controllers write its status), as
+// client-go's RetryOnConflict does; it returns the written DaemonSet.
+func updateDaemonSet(h *harness, name string, mutate func(*appsv1.DaemonSet)) appsv1.DaemonSet {
+	h.t.Helper()
 	var ds appsv1.DaemonSet
-	eventually(h.t, "an update of "+name+"'s image without a conflict", func() bool {
+	eventually(h.t, "an update of "+name+" without a conflict", func() bool {
 		ds = appsv1.DaemonSet{}
 		h.must("GET", dsPath+"/"+name, adminToken, nil, http.StatusOK, &ds)
-		ds.Spec.Template.Spec.Containers[0].Image = image
+		mutate(&ds)
 		resp, data := h.do("PUT", dsPath+"/"+name, adminToken, &ds)
 		switch resp.StatusCode {
 		case http.StatusConflict:
@@ -205,7 +214,7 @@ func setImage(h *harness, name, image string) string {
 		}
 		return true
 	})
-	return api.TemplateHash(&ds.Spec.Template, ds.Status.CollisionCount)
+	return ds
 }
 
 func revisions(h *harness) map[string]*appsv1.ControllerRevision {

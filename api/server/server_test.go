@@ -225,10 +225,13 @@ func TestDaemonSetCRUD(t *testing.T) {
 		t.Errorf("duplicate create: %d %s", resp.StatusCode, data)
 	}
 
+	// The controllers write the status of the new DaemonSet; then a GET
+	// returns what the last write stored.
+	settled := settledDaemonSet(h, "web")
 	var got appsv1.DaemonSet
 	h.must("GET", dsPath+"/web", "", nil, http.StatusOK, &got)
-	if got.UID != created.UID || got.ResourceVersion != created.ResourceVersion {
-		t.Errorf("get: uid %q rv %q, want %q %q", got.UID, got.ResourceVersion, created.UID, created.ResourceVersion)
+	if got.UID != created.UID || got.ResourceVersion != settled.ResourceVersion {
+		t.Errorf("get: uid %q rv %q, want %q %q", got.UID, got.ResourceVersion, created.UID, settled.ResourceVersion)
 	}
 
 	// A spec change bumps generation; status in a main PUT is ignored.
@@ -254,6 +257,7 @@ func TestDaemonSetCRUD(t *testing.T) {
 	if updated.Generation != 2 || updated.Labels["tier"] != "x" {
 		t.Errorf("label update: generation %d labels %v", updated.Generation, updated.Labels)
 	}
+	updated = settledDaemonSet(h, "web") // the status of generation 2
 
 	// The selector is immutable.
 	upd = updated.DeepCopy()
@@ -392,21 +396,30 @@ func next(t *testing.T, ch <-chan metav1.WatchEvent) (string, metav1.PartialObje
 	panic("unreachable")
 }
 
+// settledDaemonSet waits until the controllers have written the status of
+// the DaemonSet's current generation, on a fleet where its rollout has
+// nothing to wait for, and returns it. The rollout controller (its
+// revision, then the Progressing condition) and the status controller
+// (observedGeneration) write a DaemonSet on their own, as
+// kube-controller-manager does; once both have, it stays as it is until
+// the test changes it.
+func settledDaemonSet(h *harness, name string) appsv1.DaemonSet {
+	h.t.Helper()
+	var ds appsv1.DaemonSet
+	eventually(h.t, "the controllers' status of "+name, func() bool {
+		ds = appsv1.DaemonSet{}
+		h.must("GET", dsPath+"/"+name, "", nil, http.StatusOK, &ds)
+		c := daemonSetCondition(&ds, api.DaemonSetProgressing)
+		return ds.Status.ObservedGeneration == ds.Generation && c != nil && c.Reason == api.ReasonNewRevisionAvailable
+	})
+	return ds
+}
+
 func TestListAndWatch(t *testing.T) {
 	h := newHarness(t, nil, nil, false)
-	// The rollout controller (its revision, then the Progressing
-	// condition) and the status controller (observedGeneration) write a
-	// new DaemonSet on their own, as kube-controller-manager does; once
-	// both have, a stays as it is until the test changes it, and its write
-	// is the store's last.
-	var a appsv1.DaemonSet
+	// Once settled, a's write is the store's last.
 	h.must("POST", dsPath, "", testDaemonSet("a"), http.StatusCreated, nil)
-	eventually(t, "the controllers' status of a", func() bool {
-		a = appsv1.DaemonSet{}
-		h.must("GET", dsPath+"/a", "", nil, http.StatusOK, &a)
-		c := daemonSetCondition(&a, api.DaemonSetProgressing)
-		return a.Status.ObservedGeneration == 1 && c != nil && c.Reason == api.ReasonNewRevisionAvailable
-	})
+	a := settledDaemonSet(h, "a")
 	var list appsv1.DaemonSetList
 	h.must("GET", "/apis/apps/v1/daemonsets", "", nil, http.StatusOK, &list)
 	if len(list.Items) != 1 || list.ResourceVersion != a.ResourceVersion || list.Kind != "DaemonSetList" {
