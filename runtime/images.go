@@ -7,8 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	corev1 "k8s.io/api/core/v1"
@@ -57,6 +59,11 @@ func (r *Runtime) EnsureImage(ctx context.Context, ref string, policy corev1.Pul
 			return false, fmt.Errorf("image %s is not present and imagePullPolicy is Never: %w", ref, errdefs.ErrNotFound)
 		}
 	}
+	ctx, done, err := r.imageLease(ctx)
+	if err != nil {
+		return false, fmt.Errorf("pull image %s: %w", ref, err)
+	}
+	defer done()
 	if _, err := r.client.Pull(ctx, name, client.WithPullUnpack); err != nil {
 		return false, fmt.Errorf("pull image %s: %w", ref, classifyPullError(err))
 	}
@@ -87,6 +94,11 @@ func (r *Runtime) ImportImage(ctx context.Context, path string) ([]string, error
 }
 
 func (r *Runtime) importFrom(ctx context.Context, path string, rd io.Reader) ([]string, error) {
+	ctx, done, err := r.imageLease(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("import image %s: %w", path, err)
+	}
+	defer done()
 	imgs, err := r.client.Import(ctx, rd, client.WithSkipDigestRef(func(name string) bool { return name != "" }))
 	if err != nil {
 		return nil, fmt.Errorf("import image %s: %w: %w", path, errdefs.ErrInvalidArgument, err)
@@ -131,4 +143,54 @@ func (r *Runtime) ImportDir(ctx context.Context, dir string) (map[string][]strin
 		imported[p] = names
 	}
 	return imported, errs
+}
+
+// labelImageLease marks the lease of a pull or an import with the Runtime
+// that holds it (Runtime.imageLeaseOwner).
+const labelImageLease = "io.daemonlet.image-lease"
+
+// imageLease puts a pull or an import under a lease of its own, labelled
+// with this Runtime, instead of the client's anonymous one: the lease
+// keeps the content and the snapshots being unpacked from containerd's
+// garbage collector until the image refers to them, and without the label
+// an agent killed in the middle would leave them for the lease's day.
+// The lease has containerd's default expiry, as a pull may be long.
+func (r *Runtime) imageLease(ctx context.Context) (context.Context, func(), error) {
+	ctx, done, err := r.client.WithLease(ctx, leases.WithRandomID(),
+		leases.WithExpiration(24*time.Hour),
+		leases.WithLabels(map[string]string{labelImageLease: r.imageLeaseOwner}))
+	if err != nil {
+		return nil, nil, fmt.Errorf("lease: %w", err)
+	}
+	return ctx, func() {
+		// The image holds what it needs now; deleting the lease lets
+		// the collector take what an unfinished unpack left.
+		if err := done(context.WithoutCancel(ctx)); err != nil {
+			r.log.Debug("cannot delete the image lease", "err", err)
+		}
+	}, nil
+}
+
+// ReleaseStaleImageLeases deletes the pull and import leases of earlier
+// Runtimes in the namespace (an agent killed while pulling or importing)
+// and has containerd collect what they held at once: half-unpacked
+// snapshots and partial content. Call it once at start, before pulling,
+// from the only agent of the namespace.
+func (r *Runtime) ReleaseStaleImageLeases(ctx context.Context) error {
+	ctx = r.ctx(ctx)
+	lm := r.client.LeasesService()
+	ls, err := lm.List(ctx, fmt.Sprintf("labels.%q", labelImageLease))
+	if err != nil {
+		return fmt.Errorf("image leases: %w", err)
+	}
+	for _, l := range ls {
+		if l.Labels[labelImageLease] == r.imageLeaseOwner {
+			continue
+		}
+		if err := lm.Delete(ctx, l, leases.SynchronousDelete); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("image lease %s: %w", l.ID, err)
+		}
+		r.log.Info("released the image lease of an earlier agent", "lease", l.ID)
+	}
+	return nil
 }

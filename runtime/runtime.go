@@ -53,6 +53,9 @@ type Runtime struct {
 	sandboxes *sandboxes
 	log       *slog.Logger
 	lists     listCalls[Container] // ListContainers' shared calls
+	// imageLeaseOwner labels the leases of this Runtime's pulls and
+	// imports (ReleaseStaleImageLeases).
+	imageLeaseOwner string
 }
 
 // New connects to containerd and prepares the pod state directories.
@@ -85,7 +88,8 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Runtime{cfg: cfg, client: c, sandboxes: sb, log: cfg.Logger}, nil
+	return &Runtime{cfg: cfg, client: c, sandboxes: sb, log: cfg.Logger,
+		imageLeaseOwner: fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())}, nil
 }
 
 // Close releases the connection to containerd; containers keep running.

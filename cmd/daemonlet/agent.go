@@ -122,6 +122,11 @@ func runAgent(ctx context.Context, flags *agent.SettingsFlags) error {
 		return err
 	}
 
+	// What an agent killed while pulling or importing left half unpacked
+	// goes before anything pulls again.
+	if err := rt.ReleaseStaleImageLeases(ctx); err != nil {
+		logger.Warn("releasing the image leases of an earlier agent", "err", err)
+	}
 	// Images first, so that an air-gapped node's pods find them at once.
 	images := &imageImporter{rt: rt, dir: settings.ImagesDir, log: logger.With("imagesDir", settings.ImagesDir), seen: map[string]fileStamp{}}
 	images.importNew(ctx)

@@ -177,9 +177,9 @@ func (v *invariants) containerdLeaks(ids map[string]bool) []error {
 	for _, sn := range snapshotters {
 		// Committed snapshots are image layers; an active one is a
 		// container's writable layer, or one that a killed agent's lease
-		// (a day, containerd's crash-safety default) still keeps: a
-		// leftover. The lease alone, pinning nothing else, is not
-		// checked: an agent killed mid-import leaves one by design.
+		// still keeps (a day, containerd's crash-safety default): a
+		// leftover, such as the unpack of an agent killed mid-import,
+		// which its successor releases at start.
 		err := cl.SnapshotService(sn).Walk(ctx, func(_ context.Context, info snapshots.Info) error {
 			if info.Kind != snapshots.KindCommitted && !keys[info.Name] {
 				errs = append(errs, fmt.Errorf("leak: %s snapshot %s (%v) of no container", sn, info.Name, info.Kind))
