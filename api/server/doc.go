@@ -13,9 +13,12 @@
 //	               delete over that table;
 //	watch.go       one store watch per resource prefix feeding a
 //	               broadcaster: events are decoded and JSON-encoded once,
-//	               filtered per watcher, and sent on a buffered channel; a
-//	               watcher whose buffer is full is dropped (its stream ends
-//	               and the client resumes from its last resourceVersion);
+//	               filtered per watcher, and queued per watcher (the queue
+//	               grows only while the watcher lags); a watcher that falls
+//	               too far behind is dropped (its stream ends and the client
+//	               resumes from its last resourceVersion);
+//	cache.go       the decoded Nodes and Pods, by store key and revision,
+//	               that the controllers share: only what changed is decoded;
 //	auth.go        the token file, authentication and the authorization
 //	               matrix (system:masters, NodeRestriction for
 //	               system:node:<name>, which reads only the ConfigMaps

@@ -56,8 +56,9 @@ const (
 // The rollout controller (issue 5) drives DaemonSet updates on the fleet
 // by pinning, in each Node's api.AnnotationNodeRevisions, the revisions
 // its agent runs; the agents do the rest. Every sync reads everything from
-// the store (DaemonSets, Nodes with their pins, Pods, ControllerRevisions),
-// so a new leader resumes a rollout half way; only the progress clock is
+// the store (DaemonSets, Nodes with their pins, Pods, ControllerRevisions;
+// Nodes and Pods through the decoded-object cache, which decodes only what
+// changed), so a new leader resumes a rollout half way; only the progress clock is
 // kept in memory, and a new leader starts every deadline afresh. Per DaemonSet, one sync:
 //
 //  1. constructHistory: the current template's ControllerRevision exists,
