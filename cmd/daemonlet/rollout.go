@@ -80,6 +80,22 @@ func rolloutTarget(args []string) (string, error) {
 	return name, nil
 }
 
+// rolloutRunE is the RunE of a rollout subcommand: run gets the client and
+// the DaemonSet's name from the arguments.
+func rolloutRunE(flags *clientFlags, run func(cmd *cobra.Command, c *client.Client, name string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		name, err := rolloutTarget(args)
+		if err != nil {
+			return err
+		}
+		c, err := flags.client(cmd)
+		if err != nil {
+			return err
+		}
+		return run(cmd, c, name)
+	}
+}
+
 // newRolloutStatusCommand is kubectl rollout status: it follows the
 // rollout until done, failed or timed out.
 func newRolloutStatusCommand(flags *clientFlags) *cobra.Command {
@@ -96,17 +112,9 @@ rollout is done and exits non-zero if it fails (progress deadline exceeded) or
 	}
 	cmd.Flags().BoolVarP(&follow, "watch", "w", true, "Watch the status of the rollout until it's done.")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "The length of time to wait before ending watch, zero means never (e.g. 1s, 2m, 3h).")
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		name, err := rolloutTarget(args)
-		if err != nil {
-			return err
-		}
-		c, err := flags.client(cmd)
-		if err != nil {
-			return err
-		}
+	cmd.RunE = rolloutRunE(flags, func(cmd *cobra.Command, c *client.Client, name string) error {
 		return rolloutStatus(cmd.Context(), c.DaemonSets(flags.namespace), cmd.OutOrStdout(), name, follow, timeout)
-	}
+	})
 	return cmd
 }
 
@@ -233,15 +241,7 @@ made); --revision shows the pod template of one.`,
 		Args:    cobra.RangeArgs(1, 2),
 	}
 	cmd.Flags().Int64Var(&revision, "revision", 0, "See the details, including podTemplate of the revision specified")
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		name, err := rolloutTarget(args)
-		if err != nil {
-			return err
-		}
-		c, err := flags.client(cmd)
-		if err != nil {
-			return err
-		}
+	cmd.RunE = rolloutRunE(flags, func(cmd *cobra.Command, c *client.Client, name string) error {
 		ds, err := c.DaemonSets(flags.namespace).Get(cmd.Context(), name)
 		if err != nil {
 			return err
@@ -251,7 +251,7 @@ made); --revision shows the pod template of one.`,
 			return err
 		}
 		return printRolloutHistory(cmd.OutOrStdout(), ds.Name, revs, revision)
-	}
+	})
 	return cmd
 }
 
@@ -371,17 +371,9 @@ next number).`,
 		Args:    cobra.RangeArgs(1, 2),
 	}
 	cmd.Flags().Int64Var(&toRevision, "to-revision", 0, "The revision to rollback to. Default to 0 (last revision).")
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		name, err := rolloutTarget(args)
-		if err != nil {
-			return err
-		}
-		c, err := flags.client(cmd)
-		if err != nil {
-			return err
-		}
+	cmd.RunE = rolloutRunE(flags, func(cmd *cobra.Command, c *client.Client, name string) error {
 		var result string
-		err = updateObject(cmd.Context(), c.DaemonSets(flags.namespace), name, func(ds *appsv1.DaemonSet) (bool, error) {
+		err := updateObject(cmd.Context(), c.DaemonSets(flags.namespace), name, func(ds *appsv1.DaemonSet) (bool, error) {
 			revs, err := daemonSetRevisions(cmd.Context(), c, ds)
 			if err != nil {
 				return false, err
@@ -407,7 +399,7 @@ next number).`,
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", kindDaemonSet.qualifiedName(name, false), result)
 		return nil
-	}
+	})
 	return cmd
 }
 
@@ -439,17 +431,9 @@ pod template with a kubectl.kubernetes.io/restartedAt annotation.`,
 		Example: "  daemonlet rollout restart ds/fluentd",
 		Args:    cobra.RangeArgs(1, 2),
 	}
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		name, err := rolloutTarget(args)
-		if err != nil {
-			return err
-		}
-		c, err := flags.client(cmd)
-		if err != nil {
-			return err
-		}
+	cmd.RunE = rolloutRunE(flags, func(cmd *cobra.Command, c *client.Client, name string) error {
 		now := time.Now().Format(time.RFC3339)
-		err = updateObject(cmd.Context(), c.DaemonSets(flags.namespace), name, func(ds *appsv1.DaemonSet) (bool, error) {
+		err := updateObject(cmd.Context(), c.DaemonSets(flags.namespace), name, func(ds *appsv1.DaemonSet) (bool, error) {
 			if ds.Spec.Template.Annotations == nil {
 				ds.Spec.Template.Annotations = map[string]string{}
 			}
@@ -461,7 +445,7 @@ pod template with a kubectl.kubernetes.io/restartedAt annotation.`,
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "%s restarted\n", kindDaemonSet.qualifiedName(name, false))
 		return nil
-	}
+	})
 	return cmd
 }
 
@@ -474,21 +458,13 @@ func newRolloutUnsupportedCommand(flags *clientFlags, verb, gerund string) *cobr
 		Short: "Not supported for DaemonSets (as in kubectl)",
 		Args:  cobra.RangeArgs(1, 2),
 	}
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		name, err := rolloutTarget(args)
-		if err != nil {
-			return err
-		}
-		c, err := flags.client(cmd)
-		if err != nil {
-			return err
-		}
+	cmd.RunE = rolloutRunE(flags, func(cmd *cobra.Command, c *client.Client, name string) error {
 		if _, err := c.DaemonSets(flags.namespace).Get(cmd.Context(), name); err != nil {
 			return err
 		}
 		gr := schema.GroupResource{Group: kindDaemonSet.gvk.Group, Resource: kindDaemonSet.resource}
 		return errdefs.ErrNotImplemented.WithMessage(fmt.Sprintf("%s %q %s is not supported", gr, name, gerund))
-	}
+	})
 	return cmd
 }
 
