@@ -87,15 +87,7 @@ func TestCreateAfterInterruptedCreate(t *testing.T) {
 	if again, err := e.rt.CreateContainer(ctx, pod, sb, &pod.Spec.Containers[0], 0, false); again != id || !errdefs.IsAlreadyExists(err) {
 		t.Errorf("second create = %q, %v; want %s, AlreadyExists", again, err, id)
 	}
-	if err := e.rt.StopContainer(ctx, id, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.rt.RemoveContainer(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.rt.RemoveSandbox(ctx, pod.UID); err != nil {
-		t.Fatal(err)
-	}
+	e.remove(t, pod, id)
 	e.assertNoTrace(t, pod, sb, id)
 }
 
@@ -185,14 +177,6 @@ func TestStartAfterInterruptedStart(t *testing.T) {
 	if err := e.rt.StartContainer(ctx, id); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("start of a running container = %v, want AlreadyExists", err)
 	}
-	if err := e.rt.StopContainer(ctx, id, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.rt.RemoveContainer(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.rt.RemoveSandbox(ctx, pod.UID); err != nil {
-		t.Fatal(err)
-	}
+	e.remove(t, pod, id)
 	e.assertNoTrace(t, pod, sb, id)
 }

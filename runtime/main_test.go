@@ -208,6 +208,22 @@ func (e *testEnv) run(t *testing.T, pod *Pod) (*Sandbox, string) {
 	return sb, id
 }
 
+// remove stops and removes the pod's container id, then its sandbox, as
+// the agent does when a pod goes.
+func (e *testEnv) remove(t *testing.T, pod *Pod, id string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.rt.StopContainer(ctx, id, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rt.RemoveContainer(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rt.RemoveSandbox(ctx, pod.UID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
 	t.Helper()

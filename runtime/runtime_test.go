@@ -279,15 +279,7 @@ func TestRemoveLeavesNothing(t *testing.T) {
 	pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "scratch", MountPath: "/scratch"}}
 	sb, id := e.run(t, pod)
 	ctx := context.Background()
-	if err := e.rt.StopContainer(ctx, id, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.rt.RemoveContainer(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.rt.RemoveSandbox(ctx, pod.UID); err != nil {
-		t.Fatal(err)
-	}
+	e.remove(t, pod, id)
 	// Removing twice is fine.
 	if err := e.rt.RemoveContainer(ctx, id); err != nil {
 		t.Errorf("second remove: %v", err)
