@@ -42,15 +42,8 @@ const podStartTimeout = 60 * time.Second
 func TestBenchPodStart(t *testing.T) {
 	rounds := bench.Pick(25, 2)
 	dir := t.TempDir()
-	tlsFiles, err := fleetsim.WriteTLS(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := startServerProcess(t, dir, tlsFiles, tokenFile(t, dir, 1))
-	admin, err := apiclient.New(apiclient.Config{Servers: []string{srv.url}, Token: fleetsim.AdminToken, CAFile: tlsFiles.CertFile})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := startServerProcess(t, dir, 1)
+	admin, tlsFiles := srv.admin, srv.tls
 	node := fleetsim.NodeName(0)
 	tokenPath := filepath.Join(dir, "node.token")
 	if err := os.WriteFile(tokenPath, []byte(fleetsim.NodeToken(node)), 0o600); err != nil {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/daemonlet/daemonlet/agent"
-	"github.com/daemonlet/daemonlet/api/client"
 	"github.com/daemonlet/daemonlet/bench"
 	"github.com/daemonlet/daemonlet/internal/fleetsim"
 )
@@ -60,16 +59,8 @@ func TestBenchPropagation(t *testing.T) {
 	t.Run(fmt.Sprintf("light-%d", n), func(t *testing.T) {
 		// Per light agent and per watcher client: one connection.
 		requireFiles(t, n+n/watchersPerClient+256)
-		dir := t.TempDir()
-		tlsFiles, err := fleetsim.WriteTLS(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := startServerProcess(t, dir, tlsFiles, tokenFile(t, dir, n))
-		admin, err := client.New(client.Config{Servers: []string{srv.url}, Token: fleetsim.AdminToken, CAFile: tlsFiles.CertFile})
-		if err != nil {
-			t.Fatal(err)
-		}
+		srv := startServerProcess(t, t.TempDir(), n)
+		admin, tlsFiles := srv.admin, srv.tls
 		seen := newSeenLog()
 		started := time.Now()
 		startLightFleet(t, []string{srv.url}, tlsFiles.CertFile, n, lightHeartbeatPeriod, seen)

@@ -46,16 +46,8 @@ func TestBenchServerFootprint(t *testing.T) {
 	heartbeat := lightHeartbeatPeriod
 	requireFiles(t, n+256)
 
-	dir := t.TempDir()
-	tlsFiles, err := fleetsim.WriteTLS(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := startServerProcess(t, dir, tlsFiles, tokenFile(t, dir, n))
-	admin, err := client.New(client.Config{Servers: []string{srv.url}, Token: fleetsim.AdminToken, CAFile: tlsFiles.CertFile})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := startServerProcess(t, t.TempDir(), n)
+	admin := srv.admin
 	ctx := context.Background()
 	// One DaemonSet, as a fleet has, so that every DaemonSet watch starts
 	// with an object.
@@ -65,7 +57,7 @@ func TestBenchServerFootprint(t *testing.T) {
 	idle := srv.sample(t, idleWindow)
 
 	started := time.Now()
-	startLightFleet(t, []string{srv.url}, tlsFiles.CertFile, n, heartbeat, newSeenLog())
+	startLightFleet(t, []string{srv.url}, srv.tls.CertFile, n, heartbeat, newSeenLog())
 	t.Logf("%d light agents synced in %v", n, time.Since(started).Round(time.Millisecond))
 	// Let the registrations' writes and first heartbeats settle.
 	time.Sleep(bench.Pick(heartbeat, time.Second))
@@ -97,15 +89,23 @@ func TestBenchServerFootprint(t *testing.T) {
 
 // serverProcess is one `daemonlet server` run by the test.
 type serverProcess struct {
-	url string
-	cmd *exec.Cmd
-	log string
+	url   string
+	cmd   *exec.Cmd
+	log   string
+	tls   fleetsim.TLSFiles // its certificate is also the CA file
+	admin *client.Client    // fleetsim.AdminToken's
 }
 
 // startServerProcess builds daemonlet and starts its server on a free
-// port with the TLS files and tokens, and waits until it answers.
-func startServerProcess(t testing.TB, dir string, tlsFiles fleetsim.TLSFiles, tokens string) *serverProcess {
+// port, with TLS files and the tokens of the admin and of nodes nodes
+// written in dir, and waits until it answers.
+func startServerProcess(t testing.TB, dir string, nodes int) *serverProcess {
 	t.Helper()
+	tlsFiles, err := fleetsim.WriteTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := tokenFile(t, dir, nodes)
 	bin := filepath.Join(dir, "daemonlet")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/daemonlet/daemonlet/cmd/daemonlet").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -122,7 +122,10 @@ func startServerProcess(t testing.TB, dir string, tlsFiles fleetsim.TLSFiles, to
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	s := &serverProcess{url: fmt.Sprintf("https://127.0.0.1:%d", port), log: logPath}
+	s := &serverProcess{url: fmt.Sprintf("https://127.0.0.1:%d", port), log: logPath, tls: tlsFiles}
+	if s.admin, err = client.New(client.Config{Servers: []string{s.url}, Token: fleetsim.AdminToken, CAFile: tlsFiles.CertFile}); err != nil {
+		t.Fatal(err)
+	}
 	s.cmd = exec.Command(bin, "server",
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(port),
 		"--data-dir", filepath.Join(dir, "data"),
