@@ -628,19 +628,28 @@ func nodeReady(s *serverProc, name, status string) error {
 	return fmt.Errorf("no node %s in:\n%s", name, out)
 }
 
-// TestFaultRebootWithoutServer reboots the node with the server gone:
-// containerd loses its tasks and state, the agent starts with no reachable
-// source and brings the pods back from bbolt; when the server returns the
-// node resyncs and picks up a DaemonSet applied since.
-func TestFaultRebootWithoutServer(t *testing.T) {
-	s := newServer(t, "reboot-node")
+// runningFirst starts a server and an agent of it on node name, applies
+// the DaemonSet "first" and waits until the node runs exactly its pod;
+// want is that desired state, for invariants.converged.
+func runningFirst(t *testing.T, name string) (*serverProc, *node, *invariants, map[string]string) {
+	t.Helper()
+	s := newServer(t, name)
 	s.start()
-	n := fleetNode(t, s, "reboot-node")
+	n := fleetNode(t, s, name)
 	inv := newInvariants(n)
 	first := soakDS("first", 1)
 	applyDS(t, s, first)
 	want := map[string]string{"first": revisionOf(t, first)}
 	waitUntil(t, 90*time.Second, "the first pod", func() error { return inv.converged(want) })
+	return s, n, inv, want
+}
+
+// TestFaultRebootWithoutServer reboots the node with the server gone:
+// containerd loses its tasks and state, the agent starts with no reachable
+// source and brings the pods back from bbolt; when the server returns the
+// node resyncs and picks up a DaemonSet applied since.
+func TestFaultRebootWithoutServer(t *testing.T) {
+	s, n, inv, want := runningFirst(t, "reboot-node")
 	before := n.runningByPod()["first-reboot-node"]
 
 	n.kill9()

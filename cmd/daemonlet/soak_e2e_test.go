@@ -120,14 +120,7 @@ func TestSoakCrashConsistency(t *testing.T) {
 // the server is back the node resyncs and runs a DaemonSet applied then.
 func TestSoakServerAway(t *testing.T) {
 	away := soak(10*time.Second, 2*time.Minute)
-	s := newServer(t, "away-node")
-	s.start()
-	n := fleetNode(t, s, "away-node")
-	inv := newInvariants(n)
-	first := soakDS("first", 1)
-	applyDS(t, s, first)
-	want := map[string]string{"first": revisionOf(t, first)}
-	waitUntil(t, 90*time.Second, "the first pod", func() error { return inv.converged(want) })
+	s, n, inv, want := runningFirst(t, "away-node")
 	s.waitDS("default", "first", 1, 1, 1)
 	before := n.runningByPod()
 
