@@ -14,6 +14,7 @@ import (
 
 	"github.com/daemonlet/daemonlet/api"
 	"github.com/daemonlet/daemonlet/api/client"
+	"github.com/daemonlet/daemonlet/runtime"
 )
 
 // rollout is a DaemonSet in two versions, v1 and v2, with their hashes and
@@ -51,18 +52,25 @@ func (r *rollout) pinned(t *testing.T, hashes ...string) *appsv1.DaemonSet {
 	return ds
 }
 
+// runningV1 starts an agent whose server source is the test, hands it
+// the rollout's v1 and waits until its pod runs; it returns that pod and
+// its container.
+func runningV1(t *testing.T, name string) (*harness, *rollout, PodStatus, runtime.Container) {
+	t.Helper()
+	h := newHarness(t, nil)
+	h.rt.AddImage("v1")
+	h.rt.AddImage("v2")
+	r := newRollout(t, name)
+	h.start(SourceServer)
+	h.send(SourceServer, r.v1)
+	return h, r, h.pod(r.podName1, "running v1", isRunning), h.running(r.podName1, "app", 0)
+}
+
 // TestRolloutPinsMoveANode: a node pinned to the old revision keeps its
 // pod when the template changes; moved to the new revision, the old pod
 // stops first and the new one starts under the same name.
 func TestRolloutPinsMoveANode(t *testing.T) {
-	h := newHarness(t, nil)
-	h.rt.AddImage("v1")
-	h.rt.AddImage("v2")
-	r := newRollout(t, "roll")
-	h.start(SourceServer)
-	h.send(SourceServer, r.v1)
-	old := h.pod(r.podName1, "running v1", isRunning)
-	oldC := h.running(r.podName1, "app", 0)
+	h, r, old, oldC := runningV1(t, "roll")
 	if old.Revision != r.h1 {
 		t.Fatalf("revision %s, want %s", old.Revision, r.h1)
 	}
@@ -102,14 +110,7 @@ func TestRolloutPinsMoveANode(t *testing.T) {
 // back to [new], the old pod stops and the new one runs on untouched;
 // an agent restart in the middle of the surge adopts both pods.
 func TestRolloutSurge(t *testing.T) {
-	h := newHarness(t, nil)
-	h.rt.AddImage("v1")
-	h.rt.AddImage("v2")
-	r := newRollout(t, "surge")
-	h.start(SourceServer)
-	h.send(SourceServer, r.v1)
-	old := h.pod(r.podName1, "running v1", isRunning)
-	oldC := h.running(r.podName1, "app", 0)
+	h, r, old, oldC := runningV1(t, "surge")
 
 	h.send(SourceServer, r.pinned(t, r.h1, r.h2))
 	surgeName := r.podName1 + "-" + r.h2
@@ -164,14 +165,7 @@ func TestRolloutSurge(t *testing.T) {
 // running pod stays although the template changed and nothing was pinned
 // that it runs, and nothing starts.
 func TestRolloutUnknownRevisionKeepsWhatRuns(t *testing.T) {
-	h := newHarness(t, nil)
-	h.rt.AddImage("v1")
-	h.rt.AddImage("v2")
-	r := newRollout(t, "held")
-	h.start(SourceServer)
-	h.send(SourceServer, r.v1)
-	old := h.pod(r.podName1, "running v1", isRunning)
-	oldC := h.running(r.podName1, "app", 0)
+	h, r, old, oldC := runningV1(t, "held")
 
 	ds := r.v2.DeepCopy()
 	unknown := pinRevisions(ds, []string{"gone", r.h2}, r.crs)
