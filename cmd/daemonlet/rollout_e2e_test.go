@@ -203,6 +203,24 @@ func (s *sampler) end() int {
 	return s.samples
 }
 
+// webV1Everywhere starts a server and an agent of it on each named node,
+// applies the web DaemonSet's v1 under strategy and waits until every
+// node runs it, settled; it returns v1's revision.
+func webV1Everywhere(t *testing.T, strategy string, names ...string) (*serverProc, []*node, string) {
+	t.Helper()
+	s := newServer(t, names...)
+	s.start()
+	var nodes []*node
+	for _, name := range names {
+		nodes = append(nodes, fleetNode(t, s, name))
+	}
+	s.applyWeb(webRevision{version: "v1", probePort: 8080, strategy: strategy})
+	s.rolledOut("creating v1")
+	v1 := sameRevision(t, waitRevision(t, nodes, "", "v1 on every node"))
+	s.waitSettled(nodes, v1)
+	return s, nodes, v1
+}
+
 // TestRolloutRollingUpdate rolls a three-node fleet through the life of a
 // DaemonSet under maxUnavailable 1: a rolling update during which no two
 // nodes are without an available pod at any sampled moment, `rollout
@@ -210,20 +228,9 @@ func (s *sampler) end() int {
 // asks a port nothing serves) that stalls after one node, exceeds its
 // progress deadline and is rolled back automatically.
 func TestRolloutRollingUpdate(t *testing.T) {
-	names := []string{"node-a", "node-b", "node-c"}
-	s := newServer(t, names...)
-	s.start()
-	var nodes []*node
-	for _, name := range names {
-		nodes = append(nodes, fleetNode(t, s, name))
-	}
 	const rolling = "{type: RollingUpdate, rollingUpdate: {maxUnavailable: 1}}"
-
 	// (a) v1 everywhere.
-	s.applyWeb(webRevision{version: "v1", probePort: 8080, strategy: rolling})
-	s.rolledOut("creating v1")
-	v1 := sameRevision(t, waitRevision(t, nodes, "", "v1 on every node"))
-	s.waitSettled(nodes, v1)
+	s, nodes, v1 := webV1Everywhere(t, rolling, "node-a", "node-b", "node-c")
 
 	// (b) v2, sampled: at most one node without an available pod.
 	var mu sync.Mutex
@@ -304,15 +311,8 @@ func TestRolloutRollingUpdate(t *testing.T) {
 // pod per node remains. Then, under OnDelete, an update changes nothing
 // until a pod is deleted, and only that pod's node moves.
 func TestRolloutSurgeAndOnDelete(t *testing.T) {
-	s := newServer(t, "node-a", "node-b")
-	s.start()
-	nodes := []*node{fleetNode(t, s, "node-a"), fleetNode(t, s, "node-b")}
 	const surge = "{type: RollingUpdate, rollingUpdate: {maxUnavailable: 0, maxSurge: 1}}"
-
-	s.applyWeb(webRevision{version: "v1", probePort: 8080, strategy: surge})
-	s.rolledOut("creating v1")
-	v1 := sameRevision(t, waitRevision(t, nodes, "", "v1 on every node"))
-	s.waitSettled(nodes, v1)
+	s, nodes, v1 := webV1Everywhere(t, surge, "node-a", "node-b")
 
 	var mu sync.Mutex
 	both := map[string]bool{} // nodes seen running both revisions at once
